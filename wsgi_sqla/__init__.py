@@ -1,0 +1,35 @@
+"""wsgi_sqla: one web request, one SQLAlchemy unit of work.
+
+* :class:`SessionMiddleware` commits every scoped session when the response
+  status is below 400 and rolls back otherwise, before the client is told
+  anything, and always cleans up;
+* :func:`declarative_base` / :class:`ActiveRecordMixin` give models
+  ``save()``, ``update()`` and ``delete()`` that flush but never commit;
+* :func:`force_commit` / :func:`force_rollback` override the decision for
+  one request, :func:`after_commit` runs code only once the data is there.
+"""
+
+from .middleware import CommitVeto, SessionMiddleware, default_commit_veto
+from .model import ActiveRecordMixin, declarative_base
+from .unit import (
+    StaleSessionWarning,
+    UnitOfWork,
+    after_commit,
+    current_unit,
+    force_commit,
+    force_rollback,
+)
+
+__all__ = [
+    "ActiveRecordMixin",
+    "CommitVeto",
+    "SessionMiddleware",
+    "StaleSessionWarning",
+    "UnitOfWork",
+    "after_commit",
+    "current_unit",
+    "declarative_base",
+    "default_commit_veto",
+    "force_commit",
+    "force_rollback",
+]

@@ -1,0 +1,295 @@
+"""The unit of work: the one place where commit, rollback and cleanup happen.
+
+A web request, a ``transaction()`` block, a Celery task and a test all follow
+the same rules, and all of them get those rules from :class:`UnitOfWork`:
+
+* only sessions that were actually created are touched, so a unit that never
+  used the database costs no Session, no connection and no SQL statement;
+* committing several sessions flushes all of them first, so that ordinary
+  errors (constraints checked at flush, bad SQL) surface before anything is
+  made permanent, then commits them in order; if any commit fails, every
+  session is rolled back and the error propagates;
+* rollback and removal never mask the error that led to them: their own
+  failures are logged and the cleanup goes on with the next session;
+* after-commit hooks run once, after every session committed, and are
+  dropped when the unit rolls back.
+
+The unit that is running is kept in a :class:`contextvars.ContextVar`, so
+application code can reach it without a session or request being passed
+around (:func:`after_commit`, :func:`force_commit`, :func:`force_rollback`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from sqlalchemy.orm import scoped_session
+
+__all__ = [
+    "StaleSessionWarning",
+    "UnitOfWork",
+    "after_commit",
+    "current_unit",
+    "force_commit",
+    "force_rollback",
+]
+
+logger = logging.getLogger("wsgi_sqla")
+
+_current: contextvars.ContextVar[UnitOfWork | None] = contextvars.ContextVar(
+    "wsgi_sqla_unit", default=None
+)
+
+_Hook = tuple[Callable[..., object], tuple[Any, ...], dict[str, Any]]
+
+
+class StaleSessionWarning(RuntimeWarning):
+    """A session from an earlier unit of work was still in the registry.
+
+    This happens when a WSGI server never called ``close()`` on a response, or
+    when code used a scoped session outside any unit of work and did not
+    remove it. The stale session is rolled back and removed before the new
+    unit starts, so nothing it held can be committed by accident.
+    """
+
+
+def _check_sessions(sessions: Iterable[object], owner: str) -> tuple[scoped_session[Any], ...]:
+    checked: list[scoped_session[Any]] = []
+    for index, candidate in enumerate(sessions):
+        if not isinstance(candidate, scoped_session):
+            raise TypeError(
+                f"{owner}: session argument {index} must be a sqlalchemy.orm.scoped_session, "
+                f"got {type(candidate).__module__}.{type(candidate).__qualname__}; "
+                "wrap your sessionmaker: scoped_session(sessionmaker(bind=engine))"
+            )
+        checked.append(candidate)
+    if not checked:
+        raise TypeError(f"{owner} needs at least one sqlalchemy.orm.scoped_session; none was given")
+    return tuple(checked)
+
+
+class UnitOfWork:
+    """Commit-or-rollback bookkeeping for one request, block or task.
+
+    A unit does not decide *whether* to commit; its owner (the middleware,
+    ``transaction()``, the Celery base) does, and then calls :meth:`commit`
+    or :meth:`rollback`, and always :meth:`remove` at the end.
+    """
+
+    __slots__ = ("_pending_hooks", "_ready_hooks", "outcome", "sessions")
+
+    def __init__(self, sessions: tuple[scoped_session[Any], ...]) -> None:
+        self.sessions: tuple[scoped_session[Any], ...] = sessions
+        #: ``True`` after :func:`force_commit`, ``False`` after
+        #: :func:`force_rollback`, ``None`` when the owner's rule applies.
+        self.outcome: bool | None = None
+        self._pending_hooks: list[_Hook] | None = None
+        self._ready_hooks: list[_Hook] | None = None
+
+    # -- the running unit -------------------------------------------------
+
+    def activate(self) -> contextvars.Token[UnitOfWork | None]:
+        """Make this the running unit until :meth:`deactivate` with the token."""
+        return _current.set(self)
+
+    @staticmethod
+    def deactivate(token: contextvars.Token[UnitOfWork | None]) -> None:
+        """Restore the unit that was running before :meth:`activate`."""
+        _current.reset(token)
+
+    def join(self, sessions: tuple[scoped_session[Any], ...]) -> None:
+        """Make this unit also responsible for ``sessions`` (nested blocks)."""
+        missing = tuple(s for s in sessions if s not in self.sessions)
+        if missing:
+            self.sessions += missing
+
+    # -- the rules --------------------------------------------------------
+
+    def discard_stale(self) -> None:
+        """Roll back and remove sessions left over from an earlier unit."""
+        for scoped in self.sessions:
+            if scoped.registry.has():
+                warnings.warn(
+                    "wsgi_sqla: a session from an earlier unit of work was still in the "
+                    "registry of this thread (was close() never called on a response?); "
+                    "it is rolled back and removed",
+                    StaleSessionWarning,
+                    stacklevel=3,
+                )
+                self._rollback_one(scoped)
+                self._remove_one(scoped)
+
+    def commit(self) -> None:
+        """Flush, then commit, every live session; on failure roll all back and re-raise.
+
+        Sessions are committed in the order they were given. When a commit
+        fails after an earlier session's commit succeeded, the earlier one
+        stays committed (there is no two-phase commit across databases) and
+        the failure is logged naming both.
+        """
+        live = [scoped.registry() for scoped in self.sessions if scoped.registry.has()]
+        committed = 0
+        try:
+            if len(live) > 1:
+                for session in live:
+                    session.flush()
+            for session in live:
+                if session.in_transaction():
+                    session.commit()
+                committed += 1
+        except BaseException:
+            if committed:
+                logger.error(
+                    "commit failed after %d of %d sessions had committed; those stay "
+                    "committed, the others are rolled back",
+                    committed,
+                    len(live),
+                )
+            self.rollback()
+            raise
+        if self._pending_hooks:
+            if self._ready_hooks is None:
+                self._ready_hooks = []
+            self._ready_hooks.extend(self._pending_hooks)
+            self._pending_hooks = None
+
+    def rollback(self) -> None:
+        """Roll back every live session and drop hooks of uncommitted work."""
+        self._pending_hooks = None
+        for scoped in self.sessions:
+            if scoped.registry.has():
+                self._rollback_one(scoped)
+
+    def remove(self) -> None:
+        """Close every live session and clear it from its registry."""
+        for scoped in self.sessions:
+            if scoped.registry.has():
+                self._remove_one(scoped)
+
+    def end(self) -> None:
+        """Remove the sessions, then run the after-commit hooks of committed work.
+
+        Hooks run once each, in order, after the sessions were removed and
+        with no unit of work running: a hook that needs the database opens
+        its own ``transaction()``, and whatever a hook leaves in a scoped
+        session without one is rolled back and removed after the hooks. A
+        hook that raises is logged with its traceback; the others still run
+        and nothing propagates, since the work they follow is committed.
+        """
+        try:
+            self.remove()
+        finally:
+            hooks, self._ready_hooks = self._ready_hooks, None
+            if hooks:
+                token = _current.set(None)
+                try:
+                    for callback, args, kwargs in hooks:
+                        try:
+                            callback(*args, **kwargs)
+                        except Exception:
+                            logger.exception(
+                                "after-commit hook %r raised; the commit stands", callback
+                            )
+                finally:
+                    _current.reset(token)
+                    self.remove()
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[UnitOfWork]:
+        """Run a block as this unit: commit if it ends normally, roll back if it raises.
+
+        The exception propagates unchanged; :func:`force_rollback` inside the
+        block rolls back without one. The sessions are removed in every case.
+        """
+        token = self.activate()
+        try:
+            try:
+                yield self
+            except BaseException:
+                self.rollback()
+                raise
+            if self.outcome is False:
+                self.rollback()
+            else:
+                self.commit()
+        finally:
+            _current.reset(token)
+            self.end()
+
+    def add_hook(
+        self, callback: Callable[..., object], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """Register ``callback(*args, **kwargs)`` to run after the next commit."""
+        if self._pending_hooks is None:
+            self._pending_hooks = []
+        self._pending_hooks.append((callback, args, kwargs))
+
+    @staticmethod
+    def _rollback_one(scoped: scoped_session[Any]) -> None:
+        try:
+            scoped.registry().rollback()
+        except Exception:
+            logger.exception("rollback failed; the session is discarded")
+
+    @staticmethod
+    def _remove_one(scoped: scoped_session[Any]) -> None:
+        try:
+            scoped.registry().close()
+        except Exception:
+            logger.exception("closing the session failed; it is discarded")
+        finally:
+            scoped.registry.clear()
+
+
+def current_unit() -> UnitOfWork | None:
+    """The unit of work running in this context, or ``None``."""
+    return _current.get()
+
+
+def _running(what: str) -> UnitOfWork:
+    unit = _current.get()
+    if unit is None:
+        raise RuntimeError(
+            f"wsgi_sqla.{what}() needs a running unit of work: call it inside a request "
+            "wrapped by SessionMiddleware, a wsgi_sqla.transaction() block or a "
+            "wsgi_sqla.celery task"
+        )
+    return unit
+
+
+def after_commit(callback: Callable[..., object], /, *args: Any, **kwargs: Any) -> None:
+    """Run ``callback(*args, **kwargs)`` once the running unit has committed.
+
+    The callback runs after every session of the unit committed, and never if
+    the unit rolls back. An exception it raises is logged and swallowed.
+    Raises :class:`RuntimeError` when no unit of work is running.
+    """
+    if not callable(callback):
+        raise TypeError(f"after_commit() needs a callable, got {callback!r}")
+    _running("after_commit").add_hook(callback, args, kwargs)
+
+
+def force_commit() -> None:
+    """Commit the running unit even though its status or rule says roll back.
+
+    For a request: commit although the response status is 400 or above (a
+    failed-login counter behind a 401). An exception that reaches the
+    middleware still rolls back. Raises :class:`RuntimeError` when no unit
+    of work is running.
+    """
+    _running("force_commit").outcome = True
+
+
+def force_rollback() -> None:
+    """Roll back the running unit even though it would commit.
+
+    For a request: roll back although the status is below 400 (a dry run
+    that answers 200). Raises :class:`RuntimeError` when no unit of work is
+    running.
+    """
+    _running("force_rollback").outcome = False
