@@ -1,0 +1,20 @@
+"""Benchmarks: wsgi_sqla side by side with what its users would write instead.
+
+The question a user asks is not "how fast is wsgi_sqla" but "what does it
+cost me compared with doing it by hand, with Flask hooks, with
+repoze.tm2 + zope.sqlalchemy or with Flask-SQLAlchemy". So every system
+here serves the same Flask application doing the same database work, and
+the systems are measured in one run, interleaved, so that whatever else
+the machine is doing falls on all of them alike:
+
+* :mod:`bench.apps` builds the five systems and the four requests;
+* :mod:`bench.counting` counts SQL round trips with SQLAlchemy events;
+* :mod:`bench.inprocess` times the WSGI applications called directly;
+* :mod:`bench.endtoend` measures requests per second through gunicorn;
+* :mod:`bench.report` writes ``bench/results.md`` and ``bench/results.png``;
+* ``python -m bench`` (:mod:`bench.run`) runs all of it.
+
+Nothing here is part of the test suite's pass/fail: timings are noisy by
+nature. Only the exact round-trip counts are asserted, in
+``tests/test_round_trips.py``.
+"""

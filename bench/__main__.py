@@ -1,0 +1,5 @@
+"""Entry point: ``python -m bench`` (see :mod:`bench.run`)."""
+
+from .run import main
+
+main()

@@ -1,0 +1,323 @@
+"""The five systems under comparison, serving the same four requests.
+
+Every system is a Flask application with the same routes doing the same
+database work through a scoped session; only the way the unit of work is
+ended differs:
+
+``hand-written``
+    each view commits (or rolls back) and removes the session itself, in a
+    ``try``/``finally`` of its own. Nothing can be cheaper than this, so it
+    is the lower bound the others are divided by. It has the same rule as
+    wsgi_sqla (commit below 400, roll back otherwise, always remove), so the
+    comparison measures the mechanism, not a different policy.
+``flask-hooks``
+    the pattern found in Flask tutorials: ``after_request`` commits when the
+    status is below 400 and rolls back otherwise, ``teardown_appcontext``
+    removes the session.
+``repoze.tm2``
+    ``repoze.tm.TM`` with its ``default_commit_veto`` around the Flask app,
+    the session joined to the transaction by ``zope.sqlalchemy.register``.
+``flask-sqlalchemy``
+    Flask-SQLAlchemy's own idiom: ``db.session``, an explicit
+    ``db.session.commit()`` in the views that write and succeed, and its
+    teardown that removes the session (and so rolls back whatever was not
+    committed).
+``wsgi_sqla``
+    ``app.wsgi_app = SessionMiddleware(app.wsgi_app, Session)``.
+
+The requests: ``GET /nodb`` never touches the database, ``GET /read`` reads
+one row, ``POST /insert`` inserts one row and answers 201, ``POST /invalid``
+inserts (and flushes) one row, then answers 400, so the row must not stay.
+
+repoze.tm2, zope.sqlalchemy and Flask-SQLAlchemy are imported only when
+their system is built, so that the test suite can use the rest of this
+module with the ``test`` extra alone.
+
+For gunicorn: ``gunicorn 'bench.apps:wsgi("wsgi_sqla", "sqlite:///...")'``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask
+from sqlalchemy import Engine, String, create_engine, event, insert
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, scoped_session, sessionmaker
+
+from wsgi_sqla import SessionMiddleware
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
+
+__all__ = [
+    "LOWER_BOUND",
+    "REQUESTS",
+    "SYSTEMS",
+    "Item",
+    "Request",
+    "System",
+    "build",
+    "make_engine",
+    "reset_table",
+    "wsgi",
+]
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the benchmark's one table."""
+
+
+class Item(Base):
+    """One row of ``bench_items``; row 1 is what ``GET /read`` reads."""
+
+    __tablename__ = "bench_items"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(80))
+
+
+@dataclass(frozen=True)
+class Request:
+    """One kind of request: its label, method, path and the status it must get."""
+
+    label: str
+    method: str
+    path: str
+    status: int
+
+
+REQUESTS = (
+    Request("no database", "GET", "/nodb", 200),
+    Request("read one row", "GET", "/read", 200),
+    Request("insert one row", "POST", "/insert", 201),
+    Request("insert, then 400", "POST", "/invalid", 400),
+)
+
+
+@dataclass(frozen=True)
+class System:
+    """A built system: the WSGI application and the engine its requests use."""
+
+    name: str
+    app: WSGIApplication
+    engine: Engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL with synchronous=NORMAL is the usual setting for a web application
+    # on SQLite: a commit costs no fsync, so the figures show the code under
+    # test rather than the disk.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def tune(engine: Engine) -> Engine:
+    """Apply the benchmark's per-connection settings to ``engine`` (SQLite only)."""
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with SQLAlchemy's defaults, as users create it."""
+    return tune(create_engine(url))
+
+
+def reset_table(engine: Engine) -> None:
+    """(Re)create ``bench_items`` holding only row 1."""
+    Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    with engine.begin() as connection:
+        # No explicit id: PostgreSQL's sequence must hand out 2 to the next insert.
+        first = connection.execute(insert(Item).values(name="first")).inserted_primary_key
+    if first is None or first[0] != 1:
+        raise RuntimeError(f"bench_items: the first row got id {first}, expected 1")
+
+
+# -- the work, the same for every system -----------------------------------
+
+
+def _read(session: Any, model: Any) -> str:
+    row = session.get(model, 1)
+    return str(row.name)
+
+
+def _insert(session: Any, model: Any) -> None:
+    session.add(model(name="bench"))
+    session.flush()
+
+
+def _plain_views(app: Flask, session: Any, model: Any) -> None:
+    """Views that leave ending the unit of work to someone else."""
+
+    @app.get("/nodb")
+    def nodb() -> str:
+        return "ok"
+
+    @app.get("/read")
+    def read() -> str:
+        return _read(session, model)
+
+    @app.post("/insert")
+    def insert() -> tuple[str, int]:
+        _insert(session, model)
+        return "created", 201
+
+    @app.post("/invalid")
+    def invalid() -> tuple[str, int]:
+        _insert(session, model)
+        return "invalid", 400
+
+
+# -- the systems -----------------------------------------------------------
+
+
+def _scoped(url: str) -> tuple[Engine, scoped_session[Any]]:
+    engine = make_engine(url)
+    return engine, scoped_session(sessionmaker(bind=engine))
+
+
+def _hand_written(url: str) -> System:
+    engine, Session = _scoped(url)
+    app = Flask("hand_written")
+
+    @app.get("/nodb")
+    def nodb() -> str:
+        return "ok"
+
+    @app.get("/read")
+    def read() -> str:
+        try:
+            name = _read(Session, Item)
+            Session.commit()
+            return name
+        finally:
+            Session.remove()
+
+    @app.post("/insert")
+    def insert() -> tuple[str, int]:
+        try:
+            _insert(Session, Item)
+            Session.commit()
+            return "created", 201
+        finally:
+            Session.remove()
+
+    @app.post("/invalid")
+    def invalid() -> tuple[str, int]:
+        try:
+            _insert(Session, Item)
+            Session.rollback()
+            return "invalid", 400
+        finally:
+            Session.remove()
+
+    return System("hand-written", app, engine)
+
+
+def _flask_hooks(url: str) -> System:
+    from flask import Response
+
+    engine, Session = _scoped(url)
+    app = Flask("flask_hooks")
+    _plain_views(app, Session, Item)
+
+    @app.after_request
+    def end_unit(response: Response) -> Response:
+        if response.status_code < 400:
+            Session.commit()
+        else:
+            Session.rollback()
+        return response
+
+    @app.teardown_appcontext
+    def remove_session(_exc: BaseException | None) -> None:
+        Session.remove()
+
+    return System("flask-hooks", app, engine)
+
+
+def _repoze_tm2(url: str) -> System:
+    from repoze.tm import TM, default_commit_veto  # type: ignore[import-untyped]
+    from zope.sqlalchemy import register  # type: ignore[import-untyped]
+
+    engine, Session = _scoped(url)
+    register(Session)
+    app = Flask("repoze_tm2")
+    _plain_views(app, Session, Item)
+    app.wsgi_app = TM(app.wsgi_app, commit_veto=default_commit_veto)  # type: ignore[method-assign]
+    return System("repoze.tm2", app, engine)
+
+
+def _flask_sqlalchemy(url: str) -> System:
+    from flask_sqlalchemy import SQLAlchemy
+
+    app = Flask("flask_sqlalchemy")
+    app.config["SQLALCHEMY_DATABASE_URI"] = url
+    db = SQLAlchemy(app)
+
+    class FsaItem(db.Model):  # type: ignore[name-defined,misc]
+        __tablename__ = "bench_items"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str] = mapped_column(String(80))
+
+    @app.get("/nodb")
+    def nodb() -> str:
+        return "ok"
+
+    @app.get("/read")
+    def read() -> str:
+        return _read(db.session, FsaItem)
+
+    @app.post("/insert")
+    def insert() -> tuple[str, int]:
+        _insert(db.session, FsaItem)
+        db.session.commit()
+        return "created", 201
+
+    @app.post("/invalid")
+    def invalid() -> tuple[str, int]:
+        _insert(db.session, FsaItem)
+        return "invalid", 400
+
+    with app.app_context():
+        engine = tune(db.engine)
+    return System("flask-sqlalchemy", app, engine)
+
+
+def _wsgi_sqla(url: str) -> System:
+    engine, Session = _scoped(url)
+    app = Flask("wsgi_sqla")
+    _plain_views(app, Session, Item)
+    app.wsgi_app = SessionMiddleware(app.wsgi_app, Session)  # type: ignore[method-assign]
+    return System("wsgi_sqla", app, engine)
+
+
+LOWER_BOUND = "hand-written"
+
+SYSTEMS: dict[str, Callable[[str], System]] = {
+    "hand-written": _hand_written,
+    "flask-hooks": _flask_hooks,
+    "repoze.tm2": _repoze_tm2,
+    "flask-sqlalchemy": _flask_sqlalchemy,
+    "wsgi_sqla": _wsgi_sqla,
+}
+
+
+def build(name: str, url: str) -> System:
+    """Build system ``name`` against the database at ``url``."""
+    try:
+        builder = SYSTEMS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown system {name!r}; the systems are: {', '.join(SYSTEMS)}"
+        ) from None
+    return builder(url)
+
+
+def wsgi(name: str, url: str) -> WSGIApplication:
+    """The WSGI application of system ``name``, for gunicorn's ``module:call(...)``."""
+    return build(name, url).app

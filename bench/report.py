@@ -1,0 +1,228 @@
+"""The results: a markdown table per database, the targets checked, and a plot.
+
+Everything written here is computed from the measurements of the run that
+writes it; the targets are checked against those same figures, so a missed
+target shows up as missed, by how much.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .apps import LOWER_BOUND, REQUESTS
+from .endtoend import EndToEnd
+from .inprocess import Timing
+
+__all__ = ["DatabaseResults", "Run", "markdown", "plot", "targets"]
+
+TRIPS = ("statements", "begin", "commit", "rollback", "checkouts", "resets")
+
+
+@dataclass
+class DatabaseResults:
+    """Everything measured on one database; keys are ``(request label, system)``."""
+
+    name: str
+    server: str
+    timings: dict[tuple[str, str], Timing]
+    trips: dict[tuple[str, str], dict[str, float]]
+    end_to_end: dict[tuple[str, str], EndToEnd] | None
+
+    def ratio(self, label: str, system: str) -> float:
+        """In-process median of ``system`` over the lower bound's, on ``label``."""
+        return self.timings[label, system].median_us / self.timings[label, LOWER_BOUND].median_us
+
+
+@dataclass
+class Run:
+    """One run of the benchmark: how it was taken and what it found."""
+
+    date: str
+    mode: str
+    machine: list[str]
+    versions: list[str]
+    method: list[str]
+    systems: Sequence[str]
+    databases: list[DatabaseResults] = field(default_factory=list)
+    overhead: dict[str, Timing] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _count(value: float) -> str:
+    return str(int(value)) if value == int(value) else f"{value:.2f}"
+
+
+def _table(db: DatabaseResults, systems: Sequence[str]) -> list[str]:
+    e2e = db.end_to_end
+    head = (
+        "| request | system | median µs | IQR µs | vs lower bound "
+        "| stmts | BEGIN | COMMIT | ROLLBACK | checkouts | pool resets |"
+    )
+    rule = "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+    if e2e is not None:
+        head += " req/s (gunicorn) | vs lower bound |"
+        rule += "--:|--:|"
+    lines = [head, rule]
+    for request in REQUESTS:
+        label = request.label
+        for system in systems:
+            timing = db.timings[label, system]
+            q1, q3 = timing.quartiles_us
+            trips = db.trips[label, system]
+            name = f"**{system}**" if system == "wsgi_sqla" else system
+            row = (
+                f"| {label} | {name} | {timing.median_us:.1f} | {q1:.1f}-{q3:.1f} "
+                f"| {db.ratio(label, system):.3f} | "
+                + " | ".join(_count(trips[k]) for k in TRIPS)
+                + " |"
+            )
+            if e2e is not None:
+                rate = e2e[label, system].median
+                base = e2e[label, LOWER_BOUND].median
+                row += f" {rate:.0f} | {rate / base:.3f} |"
+            lines.append(row)
+    return lines
+
+
+def targets(db: DatabaseResults, systems: Sequence[str]) -> list[str]:
+    """The issue's targets for wsgi_sqla on ``db``, each marked met or missed, by how much."""
+    out: list[str] = []
+    ours = "wsgi_sqla"
+    for label in ("read one row", "insert one row"):
+        ratio = db.ratio(label, ours)
+        verdict = "met" if ratio <= 1.05 else "MISSED"
+        out.append(
+            f"{verdict}: {label}: median {100 * (ratio - 1):+.1f}% of the lower bound "
+            "(target: within 5%)"
+        )
+    nodb = "no database"
+    extra = db.timings[nodb, ours].median_us - db.timings[nodb, LOWER_BOUND].median_us
+    out.append(
+        f"{'met' if extra <= 5 else 'MISSED'}: {nodb}: {extra:+.1f} µs over the lower bound "
+        "(target: a few µs, taken as at most 5)"
+    )
+    for rival in ("repoze.tm2", "flask-hooks"):
+        if rival not in systems:
+            continue
+        slower = [
+            f"{r.label} ({db.ratio(r.label, ours) / db.ratio(r.label, rival) - 1:+.1%})"
+            for r in REQUESTS
+            if db.timings[r.label, ours].median_us >= db.timings[r.label, rival].median_us
+        ]
+        out.append(
+            f"met: below {rival} on every request"
+            if not slower
+            else f"MISSED: not below {rival} on: {', '.join(slower)}"
+        )
+    nodb_trips = db.trips[nodb, ours]
+    out.append(
+        f"{'met' if not any(nodb_trips.values()) else 'MISSED'}: {nodb}: "
+        f"{_count(nodb_trips['checkouts'])} checkouts, "
+        f"{_count(nodb_trips['statements'])} statements (target: 0 and 0)"
+    )
+    beyond = [
+        r.label
+        for r in REQUESTS
+        if db.trips[r.label, ours]["statements"] > db.trips[r.label, LOWER_BOUND]["statements"]
+    ]
+    out.append(
+        "met: no statement beyond the lower bound on any request"
+        if not beyond
+        else f"MISSED: more statements than the lower bound on: {', '.join(beyond)}"
+    )
+    if db.end_to_end is not None:
+        ratios = {
+            r.label: db.end_to_end[r.label, ours].median
+            / db.end_to_end[r.label, LOWER_BOUND].median
+            for r in REQUESTS
+        }
+        out.append(
+            "end to end, req/s over the lower bound's: "
+            + ", ".join(f"{label} {ratio:.3f}" for label, ratio in ratios.items())
+            + " (target: within the noise; see the rounds' spread)"
+        )
+    return out
+
+
+def markdown(run: Run) -> str:
+    """The whole results file as markdown."""
+    lines = [
+        "# wsgi_sqla benchmark results",
+        "",
+        f"Measured {run.date} by `python -m bench{' --quick' if run.mode == 'quick' else ''}`"
+        f" ({run.mode} mode). Written by the benchmark itself; do not edit by hand.",
+        "",
+        "## Machine",
+        "",
+        *(f"- {line}" for line in run.machine),
+        "",
+        "## Versions",
+        "",
+        *(f"- {line}" for line in run.versions),
+        "",
+        "## How the numbers were taken",
+        "",
+        *(f"- {line}" for line in run.method),
+    ]
+    if run.overhead is not None:
+        lines += ["", "## SessionMiddleware alone", ""]
+        lines += ["| application | median µs | IQR µs |", "|---|--:|--:|"]
+        for name, timing in run.overhead.items():
+            q1, q3 = timing.quartiles_us
+            lines.append(f"| {name} | {timing.median_us:.2f} | {q1:.2f}-{q3:.2f} |")
+        bare, wrapped = run.overhead.values()
+        lines += [
+            "",
+            f"SessionMiddleware adds {wrapped.median_us - bare.median_us:.2f} µs "
+            "to a request that never touches the database.",
+        ]
+    for db in run.databases:
+        lines += ["", f"## {db.name} ({db.server})", "", *_table(db, run.systems), ""]
+        lines += ["Targets for wsgi_sqla:", "", *(f"- {t}" for t in targets(db, run.systems))]
+    if run.notes:
+        lines += ["", "## Notes", "", *(f"- {n}" for n in run.notes)]
+    return "\n".join(lines) + "\n"
+
+
+def plot(run: Run, path: Path) -> None:
+    """Bar charts: in-process median (with quartiles) and end-to-end req/s, per database."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with_e2e = any(db.end_to_end is not None for db in run.databases)
+    rows = 2 if with_e2e else 1
+    columns = len(run.databases)
+    figure, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 4.2 * rows), squeeze=False)
+    labels = [r.label for r in REQUESTS]
+    width = 0.8 / len(run.systems)
+    for column, db in enumerate(run.databases):
+        top = axes[0][column]
+        for index, system in enumerate(run.systems):
+            xs = [i + (index - (len(run.systems) - 1) / 2) * width for i in range(len(labels))]
+            medians = [db.timings[label, system].median_us for label in labels]
+            quartiles = [db.timings[label, system].quartiles_us for label in labels]
+            errors = [
+                [m - q[0] for m, q in zip(medians, quartiles, strict=True)],
+                [q[1] - m for m, q in zip(medians, quartiles, strict=True)],
+            ]
+            top.bar(xs, medians, width, yerr=errors, capsize=2, label=system)
+            if with_e2e and db.end_to_end is not None:
+                rates = [db.end_to_end[label, system].median for label in labels]
+                axes[1][column].bar(xs, rates, width, label=system)
+        top.set_title(f"{db.name}: in process (median, quartiles)")
+        top.set_ylabel("µs per request")
+        top.set_xticks(range(len(labels)), labels, fontsize=8)
+        if with_e2e:
+            bottom = axes[1][column]
+            bottom.set_title(f"{db.name}: gunicorn + wrk")
+            bottom.set_ylabel("requests per second")
+            bottom.set_xticks(range(len(labels)), labels, fontsize=8)
+    axes[0][0].legend(fontsize=8)
+    figure.suptitle(f"wsgi_sqla benchmark, {run.date} ({run.mode} mode)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
