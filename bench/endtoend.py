@@ -4,7 +4,9 @@ One gunicorn per system (default sync workers, as most deployments run)
 serves the benchmark app; wrk, from Debian's ``wrk`` package, sends one
 request kind at a time for a fixed number of seconds. As in process, the
 systems take turns within each round so that drift cancels, and the figure
-is the median over rounds.
+is the median over rounds; the ratio to the lower bound is paired by
+round, and the table shows the lowest and highest round so that the noise
+is there to see.
 
 wrk is not a Python package, so ``pip install -e ".[bench]"`` cannot bring
 it: without it the end-to-end part is skipped with a message saying so
@@ -159,6 +161,12 @@ class EndToEnd:
     def median(self) -> float:
         """Median requests per second over the rounds."""
         return statistics.median(self.rates)
+
+    def ratio_to(self, base: EndToEnd) -> float:
+        """Median over rounds of this rate divided by ``base``'s in the same round."""
+        return statistics.median(
+            ours / theirs for ours, theirs in zip(self.rates, base.rates, strict=True)
+        )
 
 
 def measure(

@@ -10,7 +10,10 @@ Interleaving is what makes figures from a busy machine comparable: each
 round runs a short batch of every system in turn (the order rotating from
 round to round), so a slow spell of the machine lands on all systems
 alike instead of on whichever happened to run then. Every request is timed
-on its own; the median is the figure, the quartiles show the spread.
+on its own; the median is the figure, the quartiles show the spread. The
+comparison with the lower bound is paired: each round's batch median of a
+system against the lower bound's in the same round, and the median of those
+per-round ratios, so a slow spell falls on both sides of every ratio.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import gc
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from werkzeug.test import EnvironBuilder
@@ -85,7 +88,9 @@ def _check(system: System, request: Request, environ: WSGIEnvironment) -> None:
 class Timing:
     """Per-request times of one system on one request, in nanoseconds."""
 
-    samples: list[int]
+    samples: list[int] = field(default_factory=list)
+    #: the median of each round's batch, in round order, for paired comparisons
+    batch_medians: list[float] = field(default_factory=list)
 
     @property
     def median_us(self) -> float:
@@ -98,6 +103,27 @@ class Timing:
         q1, _q2, q3 = statistics.quantiles(self.samples, n=4)
         return q1 / 1000, q3 / 1000
 
+    def _add_batch(self, batch: list[int]) -> None:
+        self.samples.extend(batch)
+        self.batch_medians.append(statistics.median(batch))
+
+    def ratio_to(self, base: Timing) -> float:
+        """Median over rounds of this batch median divided by ``base``'s of the same round."""
+        return statistics.median(
+            ours / theirs
+            for ours, theirs in zip(self.batch_medians, base.batch_medians, strict=True)
+        )
+
+    def excess_over_us(self, base: Timing) -> float:
+        """Median over rounds of this batch median minus ``base``'s, in microseconds."""
+        return (
+            statistics.median(
+                ours - theirs
+                for ours, theirs in zip(self.batch_medians, base.batch_medians, strict=True)
+            )
+            / 1000
+        )
+
 
 def time_requests(
     systems: Sequence[System],
@@ -109,7 +135,7 @@ def time_requests(
 ) -> dict[tuple[str, str], Timing]:
     """Time every system on every request, interleaved; key ``(request.label, system.name)``."""
     environs = {request.label: environ_for(request) for request in requests}
-    timings = {(r.label, s.name): Timing([]) for r in requests for s in systems}
+    timings = {(r.label, s.name): Timing() for r in requests for s in systems}
     for request in requests:
         for system in systems:
             _check(system, request, environs[request.label])
@@ -124,11 +150,12 @@ def time_requests(
             environ = environs[request.label]
             for system in order:
                 app = system.app
-                samples = timings[request.label, system.name].samples
+                samples = []
                 for _ in range(batch):
                     start = clock()
                     call(app, environ)
                     samples.append(clock() - start)
+                timings[request.label, system.name]._add_batch(samples)
     return timings
 
 
@@ -166,16 +193,17 @@ def middleware_overhead(*, rounds: int, batch: int) -> dict[str, Timing]:
         "plain WSGI app + SessionMiddleware": SessionMiddleware(_plain_app, session),
     }
     environ = environ_for(Request("plain", "GET", "/", 200))
-    timings = {name: Timing([]) for name in apps}
+    timings = {name: Timing() for name in apps}
     clock = time.perf_counter_ns
     for round_number in range(rounds):
         order = list(apps.items())
         if round_number % 2:
             order.reverse()
         for name, app in order:
-            samples = timings[name].samples
+            samples = []
             for _ in range(batch):
                 start = clock()
                 call(app, environ)
                 samples.append(clock() - start)
+            timings[name]._add_batch(samples)
     return timings
