@@ -111,24 +111,24 @@ def isolated(*sessions: scoped_session[Any]) -> Iterator[Isolation]:
     * a session already in a registry when the block starts is rolled back
       and removed first (:class:`~wsgi_sqla.StaleSessionWarning`).
 
+    One scoped session per engine: the savepoints of two sessions sharing the
+    isolated connection would nest, so two are refused with a ``TypeError``.
     Not covered: connections the code opens itself (``engine.connect()``,
     ``Session(engine)``), other threads (they would share one connection),
     and DDL on MariaDB/MySQL, which commits the outer transaction implicitly.
 
     :raises TypeError: when no session is given, one is not a
-        ``scoped_session``, or a sessionmaker has no engine to bind.
+        ``scoped_session``, a sessionmaker has no engine to bind, or two
+        sessions are bound to the same engine.
     """
     checked = _check_sessions(sessions, "isolated()")
-    factories = _factories(checked)
+    factories = _factories_by_engine(checked)
     UnitOfWork(checked).discard_stale()
     with contextlib.ExitStack() as stack:
         connections: dict[Engine, Connection] = {}
-        for factory in factories:
-            engine = factory.kw["bind"]
-            if engine not in connections:
-                connections[engine] = stack.enter_context(_outer_transaction(engine))
-            saved = dict(factory.kw)
-            stack.callback(_restore, factory, saved)
+        for engine, factory in factories.items():
+            connections[engine] = stack.enter_context(_outer_transaction(engine))
+            stack.callback(_restore, factory, dict(factory.kw))
             factory.configure(bind=connections[engine], join_transaction_mode="create_savepoint")
         # Runs first at exit: sessions the block left behind are closed while
         # their connection is still in its outer transaction.
@@ -136,9 +136,14 @@ def isolated(*sessions: scoped_session[Any]) -> Iterator[Isolation]:
         yield Isolation(connections)
 
 
-def _factories(sessions: tuple[scoped_session[Any], ...]) -> list[sessionmaker[Any]]:
-    factories: list[sessionmaker[Any]] = []
+def _factories_by_engine(
+    sessions: tuple[scoped_session[Any], ...],
+) -> dict[Engine, sessionmaker[Any]]:
+    factories: dict[Engine, sessionmaker[Any]] = {}
+    owners: dict[Engine, int] = {}
     for index, scoped in enumerate(sessions):
+        if scoped in sessions[:index]:
+            continue
         factory = scoped.session_factory
         bind = factory.kw.get("bind")
         if not isinstance(bind, Engine):
@@ -147,8 +152,17 @@ def _factories(sessions: tuple[scoped_session[Any], ...]) -> list[sessionmaker[A
                 f"an Engine, got bind={bind!r}; create it with sessionmaker(bind=engine) or "
                 "call db.configure(bind=engine) first"
             )
-        if factory not in factories:
-            factories.append(factory)
+        if bind in factories:
+            # Their savepoints would nest on the one connection, and releasing the
+            # first session's savepoint would release the second's with it.
+            raise TypeError(
+                f"isolated(): session arguments {owners[bind]} and {index} are bound to the "
+                f"same engine ({bind.url!r}); the savepoints of two sessions on one isolated "
+                "connection would nest and their commits would fail. Isolate one scoped "
+                "session per engine, or reset the schema instead (reset_schema())"
+            )
+        factories[bind] = factory
+        owners[bind] = index
     return factories
 
 
