@@ -245,7 +245,8 @@ class _Response(UnitOfWork):
 
     def _abort(self) -> None:
         """The request failed before a response was handed over: undo, close, clean up."""
-        logger.debug("rolled back %s (the application raised)", self._environ.get("PATH_INFO"))
+        if not self._decided:
+            logger.debug("rolled back %s (the application raised)", self._environ.get("PATH_INFO"))
         self._exc_info = None
         self._finished = False
         self.outcome = False
