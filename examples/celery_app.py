@@ -15,8 +15,8 @@ Run it with Redis as the broker (any Celery broker works)::
     gunicorn examples.celery_app:app
     curl -X POST -H 'Content-Type: application/json' -d '{"name": "ann"}' localhost:8000/signup
 
-``DATABASE_URL``, ``CELERY_BROKER_URL`` and ``CELERY_RESULT_BACKEND`` choose
-the database, the broker and the result store.
+``DATABASE_URL`` (see ``examples/models.py``), ``CELERY_BROKER_URL`` and
+``CELERY_RESULT_BACKEND`` choose the database, the broker and the result store.
 """
 
 from __future__ import annotations
@@ -26,35 +26,14 @@ import os
 from celery import Celery
 from flask import Flask, jsonify, request
 from flask.typing import ResponseReturnValue
-from sqlalchemy import ForeignKey, String, create_engine, select
+from sqlalchemy import ForeignKey, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import (
-    DeclarativeBase,
-    Mapped,
-    Session,
-    mapped_column,
-    scoped_session,
-    sessionmaker,
-)
+from sqlalchemy.orm import Mapped, mapped_column
 
-from wsgi_sqla import ActiveRecordMixin, SessionMiddleware, after_commit
+from wsgi_sqla import SessionMiddleware, after_commit
 from wsgi_sqla.celery import SessionTask
 
-DATABASE_URL = os.environ.get("DATABASE_URL", "sqlite:///wsgi_sqla_example.sqlite3")
-
-engine = create_engine(DATABASE_URL)
-db: scoped_session[Session] = scoped_session(sessionmaker(bind=engine))
-
-
-class Base(ActiveRecordMixin, DeclarativeBase):
-    __session__ = db
-
-
-class User(Base):
-    __tablename__ = "example_users"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(80), unique=True)
+from .models import Base, User, db, engine
 
 
 class Welcome(Base):
@@ -66,7 +45,7 @@ class Welcome(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("example_users.id"), unique=True)
 
 
-Base.metadata.create_all(engine)
+Welcome.__table__.create(engine, checkfirst=True)
 
 celery_app = Celery(
     __name__,

@@ -19,45 +19,15 @@ Outside requests, ``transaction()`` gives a CLI command the same rules::
 
 from __future__ import annotations
 
-import os
-
 import click
 from flask import Flask, abort, jsonify, request
 from flask.typing import ResponseReturnValue
-from sqlalchemy import String, create_engine, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import (
-    DeclarativeBase,
-    Mapped,
-    Session,
-    mapped_column,
-    scoped_session,
-    sessionmaker,
-)
 
-from wsgi_sqla import ActiveRecordMixin, SessionMiddleware, transaction
+from wsgi_sqla import SessionMiddleware, transaction
 
-DATABASE_URL = os.environ.get("DATABASE_URL", "sqlite:///wsgi_sqla_example.sqlite3")
-
-engine = create_engine(DATABASE_URL)
-db: scoped_session[Session] = scoped_session(sessionmaker(bind=engine))
-
-
-class Base(ActiveRecordMixin, DeclarativeBase):
-    __session__ = db
-
-
-class User(Base):
-    __tablename__ = "example_users"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(80), unique=True)
-
-    def to_json(self) -> dict[str, object]:
-        return {"id": self.id, "name": self.name}
-
-
-Base.metadata.create_all(engine)
+from .models import User, db
 
 app = Flask(__name__)
 

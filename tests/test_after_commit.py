@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
@@ -303,12 +304,16 @@ def celery_example_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         patch.setenv("DATABASE_URL", f"sqlite:///{import_db}")
         patch.setenv("CELERY_BROKER_URL", "memory://")
         patch.setenv("CELERY_RESULT_BACKEND", "cache+memory://")
+        for name in ("examples.models", "examples.celery_app"):
+            sys.modules.pop(name, None)
         module = importlib.import_module("examples.celery_app")
     module.celery_app.conf.worker_hijack_root_logger = False  # leave pytest's log capture alone
     module.celery_app.conf.broker_transport_options = {"polling_interval": 0.01}
     with start_worker(module.celery_app, perform_ping_check=False):
         yield module
     module.engine.dispose()
+    for name in ("examples.models", "examples.celery_app"):
+        sys.modules.pop(name, None)
 
 
 @pytest.fixture

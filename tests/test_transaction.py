@@ -346,12 +346,16 @@ def test_plain_session_is_a_type_error_naming_scoped_session(engine: Engine) -> 
 def flask_example(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     """examples.flask_app, imported afresh against the database under test."""
     monkeypatch.setenv("DATABASE_URL", engine.url.render_as_string(hide_password=False))
-    monkeypatch.delitem(sys.modules, "examples.flask_app", raising=False)
+    for name in ("examples.models", "examples.flask_app"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
     module = importlib.import_module("examples.flask_app")
+    models = sys.modules["examples.models"]
     yield module
-    module.db.remove()
-    module.Base.metadata.drop_all(module.engine)
-    module.engine.dispose()
+    models.db.remove()
+    models.Base.metadata.drop_all(models.engine)
+    models.engine.dispose()
+    for name in ("examples.models", "examples.flask_app"):
+        sys.modules.pop(name, None)
 
 
 def test_cli_command_adds_all_users_in_one_transaction(
