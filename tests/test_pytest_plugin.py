@@ -108,12 +108,19 @@ def test_requests_commit_for_the_test_and_nothing_is_left_after_it(
 
 
 def test_each_test_starts_from_an_empty_database(suite: pytest.Pytester, probe: Any) -> None:
+    # As the README suggests: every test of the project isolated, through the ini file.
+    suite.makeini(
+        """
+        [pytest]
+        usefixtures = wsgi_sqla_db
+        """
+    )
     suite.makepyfile(
         """
         import pytest
 
         @pytest.mark.parametrize("run", [1, 2, 3])
-        def test_the_same_user_each_time(client, wsgi_sqla_db, run):
+        def test_the_same_user_each_time(client, run):
             client.post("/?name=ann", status=201)
             assert client.get("/").text == "ann"
         """

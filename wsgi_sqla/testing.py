@@ -46,22 +46,23 @@ __all__ = ["Isolation", "isolated", "reset_schema"]
 _SQLITE_LEGACY = -1
 
 
-def reset_schema(metadata: MetaData, engine: Engine | Connection) -> None:
+def reset_schema(metadata: MetaData, bind: Engine | Connection) -> None:
     """Drop every table of ``metadata`` that exists, then create them all, empty.
 
-    Runs in one transaction, so on databases with transactional DDL
-    (PostgreSQL, SQLite) a failure leaves the previous schema in place. Tables
-    that are not in ``metadata`` are left alone. Sessions still holding a
-    transaction on these tables make the drop wait for them (PostgreSQL,
-    MariaDB): remove your scoped sessions first.
+    With an :class:`~sqlalchemy.Engine` it runs in a transaction of its own,
+    so on databases with transactional DDL (PostgreSQL, SQLite) a failure
+    leaves the previous schema in place; with a
+    :class:`~sqlalchemy.Connection` it runs in that connection's transaction.
+    Tables that are not in ``metadata`` are left alone. A session still
+    holding a transaction on one of the tables makes the drop wait for it
+    (PostgreSQL, MariaDB): remove your scoped sessions first.
     """
-    if isinstance(engine, Engine):
-        with engine.begin() as connection:
-            metadata.drop_all(connection)
-            metadata.create_all(connection)
-    else:
-        metadata.drop_all(engine)
-        metadata.create_all(engine)
+    if isinstance(bind, Engine):
+        with bind.begin() as connection:
+            reset_schema(metadata, connection)
+        return
+    metadata.drop_all(bind)
+    metadata.create_all(bind)
 
 
 class Isolation:
