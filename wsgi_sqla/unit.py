@@ -136,9 +136,10 @@ class UnitOfWork:
         for scoped in self.sessions:
             if _is_live(scoped):
                 warnings.warn(
-                    "wsgi_sqla: a session from an earlier unit of work was still in the "
-                    "registry of this thread (was close() never called on a response?); "
-                    "it is rolled back and removed",
+                    "wsgi_sqla: a session was still in the registry when a new unit of work "
+                    "began (a server that never called close() on a response, or code that "
+                    "used the scoped session outside any unit of work); it is rolled back "
+                    "and removed",
                     StaleSessionWarning,
                     stacklevel=3,
                 )
