@@ -6,11 +6,17 @@
 * :func:`declarative_base` / :class:`ActiveRecordMixin` give models
   ``save()``, ``update()`` and ``delete()`` that flush but never commit;
 * :func:`force_commit` / :func:`force_rollback` override the decision for
-  one request, :func:`after_commit` runs code only once the data is there.
+  one request, :func:`after_commit` runs code only once the data is there;
+* :class:`transaction` gives scripts and CLI commands the same unit of work
+  (``wsgi_sqla.celery.SessionTask`` does for Celery tasks);
+* :func:`isolated` and :func:`reset_schema` isolate tests from each other
+  (the pytest plugin in :mod:`wsgi_sqla.pytest_plugin` wraps the first).
 """
 
+from .blocks import transaction
 from .middleware import CommitVeto, SessionMiddleware, default_commit_veto
 from .model import ActiveRecordMixin, declarative_base
+from .testing import isolated, reset_schema
 from .unit import (
     StaleSessionWarning,
     UnitOfWork,
@@ -32,4 +38,7 @@ __all__ = [
     "default_commit_veto",
     "force_commit",
     "force_rollback",
+    "isolated",
+    "reset_schema",
+    "transaction",
 ]
