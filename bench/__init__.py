@@ -14,6 +14,9 @@ the machine is doing falls on all of them alike:
 * :mod:`bench.report` writes ``bench/results.md`` and ``bench/results.png``;
 * ``python -m bench`` (:mod:`bench.run`) runs all of it.
 
+``bench/isolation.py`` is a separate script (``python bench/isolation.py``)
+measuring the test-isolation helpers; see its docstring.
+
 Nothing here is part of the test suite's pass/fail: timings are noisy by
 nature. Only the exact round-trip counts are asserted, in
 ``tests/test_round_trips.py``.
