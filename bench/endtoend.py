@@ -129,12 +129,15 @@ _NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
 _SOCKET_ERRORS = re.compile(r"Socket errors: (.*)")
 
 
-def _wrk(port: int, request: Request, seconds: float, connections: int, lua: Path) -> float:
+def _wrk(port: int, request: Request, seconds: int, connections: int, lua: Path) -> float:
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s"]
     if request.method == "POST":
         command += ["-s", str(lua)]
     command.append(f"http://127.0.0.1:{port}{request.path}")
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}): {done.stderr}")
+    out = done.stdout
     total_match, rate_match = _TOTAL.search(out), _RATE.search(out)
     if total_match is None or rate_match is None:
         raise RuntimeError(f"cannot read wrk's output:\n{out}")
@@ -174,7 +177,7 @@ def measure(
     requests: Sequence[Request],
     *,
     rounds: int,
-    seconds: float,
+    seconds: int,
     workers: int = 2,
     connections: int = 4,
 ) -> dict[tuple[str, str], EndToEnd]:

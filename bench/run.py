@@ -65,10 +65,10 @@ class Settings:
     warmup: int
     count_requests: int
     e2e_rounds: int
-    e2e_seconds: float
+    e2e_seconds: int  # wrk takes whole seconds
 
 
-FULL = Settings(rounds=100, batch=15, warmup=200, count_requests=20, e2e_rounds=3, e2e_seconds=1.5)
+FULL = Settings(rounds=100, batch=15, warmup=200, count_requests=20, e2e_rounds=3, e2e_seconds=1)
 QUICK = Settings(rounds=20, batch=10, warmup=30, count_requests=5, e2e_rounds=1, e2e_seconds=1)
 
 
