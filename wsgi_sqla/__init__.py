@@ -6,11 +6,21 @@
 * :func:`declarative_base` / :class:`ActiveRecordMixin` give models
   ``save()``, ``update()`` and ``delete()`` that flush but never commit;
 * :func:`force_commit` / :func:`force_rollback` override the decision for
-  one request, :func:`after_commit` runs code only once the data is there.
+  one request, :func:`after_commit` runs code only once the data is there;
+* ``SessionMiddleware(..., retries=N)`` runs a request again after a
+  transient database error (:mod:`wsgi_sqla.retry`), and :func:`fork_safe`
+  keeps pre-forking servers from sharing connections between workers.
 """
 
+from .fork import fork_safe
 from .middleware import CommitVeto, SessionMiddleware, default_commit_veto
 from .model import ActiveRecordMixin, declarative_base
+from .retry import (
+    is_transient_error,
+    report_bottle_exceptions,
+    report_exception,
+    report_flask_exceptions,
+)
 from .unit import (
     StaleSessionWarning,
     UnitOfWork,
@@ -32,4 +42,9 @@ __all__ = [
     "default_commit_veto",
     "force_commit",
     "force_rollback",
+    "fork_safe",
+    "is_transient_error",
+    "report_bottle_exceptions",
+    "report_exception",
+    "report_flask_exceptions",
 ]
