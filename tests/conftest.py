@@ -9,7 +9,9 @@ test instead of skipping it, so CI cannot go green without all three.
 
 from __future__ import annotations
 
+import io
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -96,8 +98,12 @@ def session(engine: Engine) -> Iterator[scoped_session[Any]]:
 class Models:
     """A fresh model set (users and posts) created in the database for one test."""
 
-    def __init__(self, session: scoped_session[Any]) -> None:
+    def __init__(self, session: scoped_session[Any], dialect: str) -> None:
         self.Base = Base = declarative_base(session)
+        # MariaDB has no deferrable constraints; there the key is checked at once.
+        deferred: dict[str, Any] = (
+            {} if dialect in ("mysql", "mariadb") else {"deferrable": True, "initially": "DEFERRED"}
+        )
 
         class User(Base):  # type: ignore[misc,valid-type]
             __tablename__ = "wsgi_sqla_users"
@@ -112,14 +118,22 @@ class Models:
             author_id: Mapped[int] = mapped_column(ForeignKey("wsgi_sqla_users.id"))
             author: Mapped[User] = relationship(back_populates="posts")
 
+        class Pledge(Base):  # type: ignore[misc,valid-type]
+            """Refers to a user through a foreign key checked only at COMMIT."""
+
+            __tablename__ = "wsgi_sqla_pledges"
+            id: Mapped[int] = mapped_column(primary_key=True)
+            user_id: Mapped[int] = mapped_column(ForeignKey("wsgi_sqla_users.id", **deferred))
+
         self.User = User
         self.Post = Post
+        self.Pledge = Pledge
 
 
 @pytest.fixture
 def models(session: scoped_session[Any], engine: Engine) -> Iterator[Models]:
     """Users and posts tables, created for the test and dropped after it."""
-    m = Models(session)
+    m = Models(session, engine.dialect.name)
     m.Base.metadata.drop_all(engine)
     m.Base.metadata.create_all(engine)
     yield m
@@ -155,3 +169,114 @@ class Probe:
 def probe(engine: Engine) -> Probe:
     """A :class:`Probe` on the database under test."""
     return Probe(engine)
+
+
+class Exchange:
+    """What a :class:`Server` saw of one request, in the order it saw it."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+        self.status: str | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.body = b""
+        self.error: BaseException | None = None
+        self.closes = 0
+
+    @property
+    def client_status(self) -> str:
+        """The status line a client would receive: the server answers 500 on an error."""
+        if self.error is not None and not self.body:
+            return "500 Internal Server Error"
+        assert self.status is not None
+        return self.status
+
+
+class Server:
+    """Drives a WSGI application as a PEP 3333 server does, recording each step.
+
+    ``on_start_response`` is called when the application's status reaches the
+    server; its return value is recorded, so a test can look at the database
+    at exactly that moment. ``disconnect_after`` stops reading the body after
+    that many chunks (a client that went away); ``close=False`` plays a
+    server that never calls ``close()``.
+    """
+
+    def __init__(self, on_start_response: Any = None) -> None:
+        self.on_start_response = on_start_response
+
+    def request(
+        self,
+        app: Any,
+        path: str = "/",
+        *,
+        disconnect_after: int | None = None,
+        close: bool = True,
+    ) -> Exchange:
+        seen = Exchange()
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": path,
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "80",
+            "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(),
+            "wsgi.errors": sys.stderr,
+        }
+
+        def write(data: bytes) -> None:
+            seen.events.append(("write", data))
+            seen.body += data
+
+        def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+            if exc_info is not None and seen.body:
+                raise exc_info[1].with_traceback(exc_info[2])
+            seen.status, seen.headers = status, headers
+            snapshot = self.on_start_response() if self.on_start_response else None
+            seen.events.append(("start_response", (status, snapshot)))
+            return write
+
+        try:
+            body = app(environ, start_response)
+        except Exception as exc:
+            seen.error = exc
+            seen.events.append(("error", exc))
+            return seen
+        try:
+            for count, chunk in enumerate(body, start=1):
+                seen.events.append(("chunk", chunk))
+                seen.body += chunk
+                if disconnect_after is not None and count >= disconnect_after:
+                    seen.events.append(("disconnect", None))
+                    break
+        except Exception as exc:
+            seen.error = exc
+            seen.events.append(("error", exc))
+        finally:
+            if close and hasattr(body, "close"):
+                seen.events.append(("close", None))
+                body.close()
+        return seen
+
+
+@pytest.fixture
+def server(probe: Probe) -> Server:
+    """A :class:`Server` that records the committed user names at start_response time."""
+    return Server(on_start_response=probe.names)
+
+
+class ClosingBody:
+    """An application iterable that counts calls to its close()."""
+
+    def __init__(self, chunks: list[bytes], fail_at: int | None = None) -> None:
+        self.chunks = chunks
+        self.fail_at = fail_at
+        self.closes = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for index, chunk in enumerate(self.chunks):
+            if index == self.fail_at:
+                raise RuntimeError("the body failed while streaming")
+            yield chunk
+
+    def close(self) -> None:
+        self.closes += 1

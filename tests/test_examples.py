@@ -1,0 +1,91 @@
+"""The example applications do what the README says, on every database.
+
+Each test loads the example module afresh with ``DATABASE_URL`` pointing at
+the database under test, drives it through WebTest, checks the database
+through a separate connection, and drops the example's table afterwards.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import webtest
+from sqlalchemy import Engine, text
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+@pytest.fixture(params=["flask_app", "bottle_app"])
+def example(
+    request: pytest.FixtureRequest, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[ModuleType]:
+    monkeypatch.setenv("DATABASE_URL", engine.url.render_as_string(hide_password=False))
+    with engine.begin() as connection:
+        connection.execute(text("DROP TABLE IF EXISTS example_users"))
+    spec = importlib.util.spec_from_file_location(
+        f"example_{request.param}", EXAMPLES / f"{request.param}.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # annotations resolve through it
+    spec.loader.exec_module(module)
+    yield module
+    module.db.remove()
+    module.engine.dispose()
+    with engine.begin() as connection:
+        connection.execute(text("DROP TABLE IF EXISTS example_users"))
+
+
+def stored(engine: Engine) -> list[tuple[int, str]]:
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT id, name FROM example_users ORDER BY id"))
+        return [(row[0], row[1]) for row in rows]
+
+
+def client(example: ModuleType) -> Any:
+    return webtest.TestApp(example.app)
+
+
+def test_create_commits_and_answers_201(example: ModuleType, engine: Engine) -> None:
+    created = client(example).post_json("/users", {"name": "ann"}, status=201).json
+    assert stored(engine) == [(created["id"], "ann")]
+
+
+def test_duplicate_name_answers_409_and_keeps_the_first(
+    example: ModuleType, engine: Engine
+) -> None:
+    app = client(example)
+    app.post_json("/users", {"name": "ann"}, status=201)
+    app.post_json("/users", {"name": "ann"}, status=409)
+    assert [name for _, name in stored(engine)] == ["ann"]
+
+
+def test_bad_body_answers_400(example: ModuleType, engine: Engine) -> None:
+    client(example).post_json("/users", {"nom": "ann"}, status=400)
+    assert stored(engine) == []
+
+
+def test_update_and_delete(example: ModuleType, engine: Engine) -> None:
+    app = client(example)
+    user_id = app.post_json("/users", {"name": "ann"}, status=201).json["id"]
+    assert app.patch_json(f"/users/{user_id}", {"name": "bob"}).json["name"] == "bob"
+    assert stored(engine) == [(user_id, "bob")]
+    app.delete(f"/users/{user_id}", status=204)
+    assert stored(engine) == []
+    app.get(f"/users/{user_id}", status=404)
+
+
+def test_view_that_writes_then_raises_answers_500_and_keeps_nothing(
+    example: ModuleType, engine: Engine
+) -> None:
+    app = client(example)
+    user_id = app.post_json("/users", {"name": "ann"}, status=201).json["id"]
+    app.post(f"/users/{user_id}/fail", status=500, expect_errors=True)
+    assert stored(engine) == [(user_id, "ann")]
+    assert example.engine.pool.checkedout() == 0

@@ -1,0 +1,276 @@
+"""Contract points 3 and 4: committing, failing to commit, and several sessions.
+
+A foreign key declared DEFERRABLE INITIALLY DEFERRED is checked only at
+COMMIT, so a request can pass every flush and still fail to commit. That is
+the case the hand-written ``after_request`` pattern gets wrong: here the
+client must never see the application's 2xx for it. SQLite and PostgreSQL
+have deferrable constraints; MariaDB has none, so there a failure injected
+into ``Session.commit`` (a ``before_commit`` listener) plays the same part.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import webtest
+from conftest import ClosingBody, Models, Probe, Server, make_engine
+from sqlalchemy import Engine, event
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, scoped_session, sessionmaker
+
+from wsgi_sqla import SessionMiddleware
+
+
+@pytest.fixture
+def dangling(models: Models, engine: Engine) -> Any:
+    """Adds a user and a pledge to a missing user: every flush passes, COMMIT fails."""
+    if engine.dialect.name in ("mysql", "mariadb"):
+        pytest.skip("MariaDB has no deferrable constraints; see the before_commit tests")
+
+    def add() -> None:
+        models.User(name="ann").save()
+        models.Pledge(user_id=987654).save()
+
+    return add
+
+
+def failing_commit(scoped: scoped_session[Any]) -> None:
+    """Make every commit of ``scoped``'s sessions fail, as a lost connection at COMMIT would."""
+
+    def refuse(session: Session) -> None:
+        raise RuntimeError("COMMIT refused")
+
+    event.listen(scoped.session_factory, "before_commit", refuse)
+
+
+def test_commit_failure_never_reaches_client_as_2xx(
+    session: Any, dangling: Any, probe: Probe, server: Server
+) -> None:
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        dangling()
+        start_response("200 OK", [])
+        return [b"created"]
+
+    seen = server.request(SessionMiddleware(app, session))
+    assert isinstance(seen.error, IntegrityError)
+    assert seen.status is None, "the 200 was handed to the server"
+    assert seen.client_status.startswith("500")
+    assert probe.names() == []
+    assert probe.checked_out() == 0
+
+
+def test_commit_failure_propagates_through_webtest(
+    session: Any, dangling: Any, probe: Probe
+) -> None:
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        dangling()
+        start_response("201 Created", [])
+        return [b"created"]
+
+    with pytest.raises(IntegrityError):
+        webtest.TestApp(SessionMiddleware(app, session)).get("/")
+    assert probe.names() == []
+
+
+def test_commit_failure_in_lazy_generator_app_never_sends_its_status(
+    session: Any, dangling: Any, probe: Probe, server: Server
+) -> None:
+    def app(environ: Any, start_response: Any) -> Iterator[bytes]:
+        dangling()
+        start_response("200 OK", [])
+        yield b"created"
+
+    seen = server.request(SessionMiddleware(app, session))
+    assert isinstance(seen.error, IntegrityError)
+    assert seen.status is None
+    assert probe.names() == []
+
+
+def test_commit_failure_in_write_app_never_writes(
+    session: Any, dangling: Any, probe: Probe, server: Server
+) -> None:
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        dangling()
+        write = start_response("200 OK", [])
+        write(b"created")
+        return []
+
+    seen = server.request(SessionMiddleware(app, session))
+    assert isinstance(seen.error, IntegrityError)
+    assert [kind for kind, _ in seen.events] == ["error"]
+    assert probe.names() == []
+
+
+def test_commit_failure_swallowed_by_the_application_still_fails_the_request(
+    session: Any, dangling: Any, probe: Probe, server: Server
+) -> None:
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        dangling()
+        write = start_response("200 OK", [])
+        with contextlib.suppress(IntegrityError):
+            write(b"created")
+        return [b"all good?"]
+
+    seen = server.request(SessionMiddleware(app, session))
+    assert isinstance(seen.error, IntegrityError)
+    assert seen.status is None
+    assert probe.names() == []
+
+
+def test_commit_failure_closes_the_body_once_and_leaks_no_connection(
+    session: Any, dangling: Any, probe: Probe, server: Server
+) -> None:
+    body = ClosingBody([b"created"])
+
+    def app(environ: Any, start_response: Any) -> ClosingBody:
+        dangling()
+        start_response("200 OK", [])
+        return body
+
+    server.request(SessionMiddleware(app, session))
+    assert body.closes == 1
+    assert not session.registry.has()
+    assert probe.checked_out() == 0
+
+
+def test_commit_failure_is_logged_with_its_traceback(
+    session: Any, dangling: Any, server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        dangling()
+        start_response("200 OK", [])
+        return [b""]
+
+    with caplog.at_level(logging.ERROR, logger="wsgi_sqla"):
+        server.request(SessionMiddleware(app, session))
+    [record] = [r for r in caplog.records if r.name == "wsgi_sqla"]
+    assert "commit failed" in record.getMessage()
+    assert "'200 OK'" in record.getMessage()
+    assert record.exc_info is not None and record.exc_info[0] is IntegrityError
+
+
+def test_commit_refused_by_the_database_never_reaches_client_as_2xx(
+    session: Any, models: Models, probe: Probe, server: Server
+) -> None:
+    failing_commit(session)
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        models.User(name="ann").save()
+        start_response("200 OK", [])
+        return [b"created"]
+
+    seen = server.request(SessionMiddleware(app, session))
+    assert isinstance(seen.error, RuntimeError)
+    assert seen.status is None
+    assert probe.names() == []
+    assert probe.checked_out() == 0
+
+
+@pytest.fixture
+def second(
+    engine: Engine, models: Models, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[scoped_session[Any]]:
+    """A second scoped session with its own registry.
+
+    On PostgreSQL and MariaDB it shares the database; SQLite allows one writer
+    per file, so there it gets a database file of its own.
+    """
+    other = engine
+    if engine.dialect.name == "sqlite":
+        other = make_engine(f"sqlite:///{tmp_path_factory.mktemp('second')}/second.sqlite3")
+        models.Base.metadata.create_all(other)
+    scoped = scoped_session(sessionmaker(bind=other))
+    yield scoped
+    scoped.remove()
+    if other is not engine:
+        other.dispose()
+
+
+def committed(probe: Probe, second: scoped_session[Any]) -> set[str]:
+    """User names committed in the first and the second session's databases."""
+    return set(probe.names()) | set(Probe(second.session_factory.kw["bind"]).names())
+
+
+def test_several_sessions_all_commit(
+    session: Any, second: Any, models: Models, probe: Probe
+) -> None:
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        session.add(models.User(name="in-first"))
+        second.add(models.User(name="in-second"))
+        start_response("200 OK", [])
+        return [b""]
+
+    webtest.TestApp(SessionMiddleware(app, session, second)).get("/")
+    assert committed(probe, second) == {"in-first", "in-second"}
+    assert not session.registry.has() and not second.registry.has()
+
+
+def test_several_sessions_all_roll_back(
+    session: Any, second: Any, models: Models, probe: Probe
+) -> None:
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        session.add(models.User(name="in-first"))
+        second.add(models.User(name="in-second"))
+        start_response("400 Bad Request", [])
+        return [b""]
+
+    webtest.TestApp(SessionMiddleware(app, session, second)).get("/", status=400)
+    assert committed(probe, second) == set()
+
+
+def test_flush_error_in_a_later_session_commits_no_session(
+    session: Any, second: Any, models: Models, probe: Probe, server: Server
+) -> None:
+    second.add(models.User(name="taken"))
+    second.commit()
+    second.remove()
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        session.add(models.User(name="in-first"))
+        second.add(models.User(name="taken"))  # unique violation, raised at flush
+        start_response("200 OK", [])
+        return [b""]
+
+    seen = server.request(SessionMiddleware(app, session, second))
+    assert isinstance(seen.error, IntegrityError)
+    assert seen.status is None
+    assert committed(probe, second) == {"taken"}, "nothing may commit before all flushed"
+
+
+def test_commit_failure_in_second_session_leaves_first_committed_and_fails_the_request(
+    session: Any, second: Any, models: Models, probe: Probe, server: Server
+) -> None:
+    failing_commit(second)
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        session.add(models.User(name="in-first"))
+        second.add(models.User(name="in-second"))
+        start_response("200 OK", [])
+        return [b""]
+
+    seen = server.request(SessionMiddleware(app, session, second))
+    assert isinstance(seen.error, RuntimeError)
+    assert seen.status is None
+    assert committed(probe, second) == {"in-first"}, "no two-phase commit: the first stands"
+    assert probe.checked_out() == 0
+
+
+def test_commit_failure_in_first_session_rolls_back_the_second(
+    session: Any, second: Any, models: Models, probe: Probe, server: Server
+) -> None:
+    failing_commit(session)
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        session.add(models.User(name="in-first"))
+        second.add(models.User(name="in-second"))
+        start_response("200 OK", [])
+        return [b""]
+
+    seen = server.request(SessionMiddleware(app, session, second))
+    assert isinstance(seen.error, RuntimeError)
+    assert committed(probe, second) == set()
+    assert probe.checked_out() == 0
