@@ -112,9 +112,11 @@ def is_transient_error(exc: BaseException) -> bool:
 
 
 def _driver_error_is_transient(error: object) -> bool:
+    # Checked independently: PyMySQL also carries a SQLSTATE, and MariaDB's
+    # lock-wait timeout has the generic one (HY000).
     sqlstate = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
-    if isinstance(sqlstate, str):
-        return sqlstate in POSTGRESQL_TRANSIENT_SQLSTATES
+    if isinstance(sqlstate, str) and sqlstate in POSTGRESQL_TRANSIENT_SQLSTATES:
+        return True
     number = getattr(error, "errno", None)
     if not isinstance(number, int):
         args = getattr(error, "args", ())
