@@ -517,9 +517,7 @@ def test_request_without_a_body_is_retried(
     assert [a["body"] for a in attempts] == [b"", b""]
 
 
-def test_backoff_doubles_and_is_jittered(
-    session: Any, models: Models, delays: list[float]
-) -> None:
+def test_backoff_doubles_and_is_jittered(session: Any, models: Models, delays: list[float]) -> None:
     app, attempts = flaky(models, failures=4)
     call(SessionMiddleware(app, session, retries=4, retry_backoff=0.1), b"ann")
     assert len(delays) == 4
