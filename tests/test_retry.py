@@ -300,7 +300,7 @@ def test_each_attempt_gets_a_fresh_copy_of_the_environ(
 def test_mariadb_deadlock_error_is_retried(
     session: Any, models: Models, probe: Probe, delays: list[float]
 ) -> None:
-    app, attempts = flaky(models, failures=1, error=mariadb_deadlock)
+    app, _attempts = flaky(models, failures=1, error=mariadb_deadlock)
     assert call(SessionMiddleware(app, session, retries=1), b"ann").status == "201 Created"
     assert probe.names() == ["ann-2"]
 
@@ -354,7 +354,7 @@ def test_custom_retry_if_decides_what_is_transient(
     class Busy(Exception):
         pass
 
-    app, attempts = flaky(models, failures=1, error=Busy)
+    app, _attempts = flaky(models, failures=1, error=Busy)
     middleware = SessionMiddleware(
         app, session, retries=1, retry_if=lambda exc: isinstance(exc, Busy)
     )
@@ -518,7 +518,7 @@ def test_request_without_a_body_is_retried(
 
 
 def test_backoff_doubles_and_is_jittered(session: Any, models: Models, delays: list[float]) -> None:
-    app, attempts = flaky(models, failures=4)
+    app, _attempts = flaky(models, failures=4)
     call(SessionMiddleware(app, session, retries=4, retry_backoff=0.1), b"ann")
     assert len(delays) == 4
     for number, delay in enumerate(delays):
@@ -556,7 +556,7 @@ def test_after_commit_hooks_of_failed_attempts_never_run(
 def test_each_retry_is_logged_as_a_warning(
     session: Any, models: Models, delays: list[float], caplog: pytest.LogCaptureFixture
 ) -> None:
-    app, attempts = flaky(models, failures=2)
+    app, _attempts = flaky(models, failures=2)
     with caplog.at_level(logging.WARNING, logger="wsgi_sqla"):
         call(SessionMiddleware(app, session, retries=3), b"ann")
     retries = [r for r in caplog.records if "transient" in r.getMessage()]
@@ -639,7 +639,7 @@ def post_json(app: Any, name: str) -> Result:
 def test_framework_hook_hands_the_view_error_to_the_middleware_for_a_retry(
     framework: Any, session: Any, models: Models, probe: Probe, delays: list[float]
 ) -> None:
-    app, attempts = framework(models, failures=2, hook=True)
+    app, _attempts = framework(models, failures=2, hook=True)
     result = post_json(SessionMiddleware(app, session, retries=3), "ann")
     assert result.status is not None and result.status.startswith("201"), result.body
     assert result.start_responses == 1
