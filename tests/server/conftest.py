@@ -3,8 +3,9 @@
 :func:`gunicorn` starts ``gunicorn`` on an ephemeral port of 127.0.0.1 (it
 binds port 0 and the port is read from its log, so two test runs never race
 for a port), waits until it listens, and stops it when the test ends, passed
-or failed. A server that dies, or a worker that crashes, times out or is
-killed while the test runs, fails the test with the server's log. The
+or failed. A server that dies, a worker that crashes, times out or is
+killed, or a request that leaves its session behind (the middleware's
+``StaleSessionWarning``) fails the test with the server's log. The
 master is started with a parent-death signal, so even a test run that is
 killed outright leaves no server behind.
 
@@ -36,16 +37,17 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from conftest import database_url
+from sqlalchemy import Engine, text
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 GUNICORN = Path(sys.executable).with_name("gunicorn")
 
-# Lines gunicorn's master logs when a worker dies for a reason other than our SIGTERM.
-WORKER_DEATH = re.compile(
+# What must never appear in a server's log while a test runs: a worker that died for a
+# reason other than our SIGTERM, or a session that a request left behind.
+TROUBLE = re.compile(
     r"WORKER TIMEOUT|was sent SIG(?!TERM)|exited with code|Worker failed to boot"
-    r"|App failed to load|Shutting down"
+    r"|App failed to load|Shutting down|StaleSessionWarning"
 )
 
 
@@ -130,13 +132,13 @@ class Gunicorn:
             return "(no log)"
 
     def check(self) -> None:
-        """Fail if the master is gone or a worker died since the start."""
+        """Fail if the master is gone, a worker died or a session was left behind."""
         assert self.process is not None
         if self.process.poll() is not None:
             self.fail(f"gunicorn died (exit code {self.process.returncode})")
-        death = WORKER_DEATH.search(self.log.read_text())
-        if death:
-            self.fail(f"a gunicorn worker died: {death.group(0)!r}")
+        trouble = TROUBLE.search(self.log.read_text())
+        if trouble:
+            self.fail(f"trouble in the server: {trouble.group(0)!r}")
 
     def stop(self) -> list[str]:
         """Stop the master and its workers; returns what went wrong while it ran."""
@@ -147,9 +149,9 @@ class Gunicorn:
         if self.process.poll() is not None:
             problems.append(f"gunicorn died during the test (exit code {self.process.returncode})")
         else:
-            death = WORKER_DEATH.search(self.log.read_text())
-            if death:
-                problems.append(f"a gunicorn worker died during the test: {death.group(0)!r}")
+            trouble = TROUBLE.search(self.log.read_text())
+            if trouble:
+                problems.append(f"trouble in the server during the test: {trouble.group(0)!r}")
             self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout=15)
@@ -259,9 +261,23 @@ def module_gunicorn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]
         yield serve
 
 
-def server_database_url(name: str) -> str:
-    """The URL of database ``name`` (skips when its variable is unset, as the matrix does)."""
-    return database_url(name, Path())
+def open_transactions(engine: Engine, application_name: str) -> int:
+    """Connections of the application's database that sit inside a transaction."""
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite has no server to ask about other connections' transactions")
+    with engine.connect() as connection:
+        if engine.dialect.name == "postgresql":
+            query = (
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name = :app AND state LIKE 'idle in transaction%%'"
+            )
+            return int(connection.execute(text(query), {"app": application_name}).scalar_one())
+        query = (
+            "SELECT count(*) FROM information_schema.innodb_trx t "
+            "JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id "
+            "WHERE p.db = DATABASE() AND p.id <> CONNECTION_ID()"
+        )
+        return int(connection.execute(text(query)).scalar_one())
 
 
 def load_module(path: Path, database: str) -> ModuleType:

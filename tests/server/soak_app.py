@@ -85,7 +85,7 @@ class Base(DeclarativeBase):
 class Item(Base):
     __tablename__ = "soak_items"
     id: Mapped[int] = mapped_column(primary_key=True)
-    key: Mapped[str] = mapped_column(String(80), unique=True)
+    tag: Mapped[str] = mapped_column(String(80), unique=True)
     kind: Mapped[str] = mapped_column(String(16))
 
 
@@ -126,7 +126,7 @@ def _json(start_response: _Start, status: str, payload: object) -> list[bytes]:
 
 
 def _add(key: str, kind: str) -> Item:
-    item = Item(key=key, kind=kind)
+    item = Item(tag=key, kind=kind)
     db.add(item)
     db.flush()
     return item

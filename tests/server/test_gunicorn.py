@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import database_url
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from .conftest import Gunicorn, Serve, database_url, load_module, servers
+from .conftest import Gunicorn, Serve, load_module, open_transactions, servers
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -148,25 +149,6 @@ def test_no_connection_is_left_inside_a_transaction(served: Served) -> None:
         served.server.post_json("/users", {"name": unique("ann")})
         served.server.post_json("/users", {"nom": "bad"})
     assert open_transactions(served.engine, "wsgi_sqla_example") == 0
-
-
-def open_transactions(engine: Engine, application_name: str) -> int:
-    """Connections of the application's database that sit inside a transaction."""
-    if engine.dialect.name == "sqlite":
-        pytest.skip("SQLite has no server to ask about other connections' transactions")
-    with engine.connect() as connection:
-        if engine.dialect.name == "postgresql":
-            query = (
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND application_name = :app AND state LIKE 'idle in transaction%%'"
-            )
-            return int(connection.execute(text(query), {"app": application_name}).scalar_one())
-        query = (
-            "SELECT count(*) FROM information_schema.innodb_trx t "
-            "JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id "
-            "WHERE p.db = DATABASE() AND p.id <> CONNECTION_ID()"
-        )
-        return int(connection.execute(text(query)).scalar_one())
 
 
 # -- gunicorn --preload ------------------------------------------------------------

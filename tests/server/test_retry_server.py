@@ -16,9 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import database_url
 from sqlalchemy import create_engine, text
 
-from .conftest import Gunicorn, Serve, database_url, load_module
+from .conftest import Gunicorn, Serve, load_module
 
 RETRY_APP = Path(__file__).with_name("retry_app.py")
 SERVED = {"flask": "retry_app:flask_app", "bottle": "retry_app:bottle_wsgi"}
