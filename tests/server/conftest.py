@@ -122,6 +122,15 @@ class Gunicorn:
             time.sleep(0.05)
         self.fail(f"gunicorn did not listen within {timeout} s")
 
+    def wait_for_workers(self, count: int, timeout: float = 30) -> None:
+        """Wait until the master has forked ``count`` workers (gunicorn listens first)."""
+        deadline = time.monotonic() + timeout
+        while len(self.workers()) < count:
+            if time.monotonic() > deadline:
+                self.fail(f"gunicorn did not start {count} workers within {timeout} s")
+            self.check()
+            time.sleep(0.05)
+
     def fail(self, message: str) -> None:
         pytest.fail(f"{message}\n--- gunicorn log ({self.app}) ---\n{self.tail()}", pytrace=False)
 
@@ -237,6 +246,7 @@ def servers(log_dir: Path) -> Iterator[Serve]:
         )
         started.append(server)
         server.start()
+        server.wait_for_workers(workers)
         return server
 
     try:
