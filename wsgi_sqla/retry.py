@@ -86,6 +86,9 @@ DEFAULT_RETRY_BODY_LIMIT = 1 << 20
 _ENVIRON_KEY = "wsgi_sqla.retry"
 _MAX_DELAY = 1.0
 _sleep = time.sleep  # replaced by the tests that look at the delays
+# Not the global generator: an application may seed that, and workers forked
+# from one master must not wait in lock-step.
+_jitter = random.SystemRandom()
 
 
 def is_transient_error(exc: BaseException) -> bool:
@@ -283,7 +286,7 @@ class RetryPolicy:
 
     def delay(self, number: int) -> float:
         """Seconds to wait after failed attempt ``number``: doubling, capped, jittered ±50%."""
-        return min(self.backoff * 2.0 ** (number - 1), _MAX_DELAY) * random.uniform(0.5, 1.5)
+        return min(self.backoff * 2.0 ** (number - 1), _MAX_DELAY) * _jitter.uniform(0.5, 1.5)
 
 
 def retry_policy(
