@@ -4,49 +4,19 @@ Run it on its embedded SQLite file::
 
     gunicorn examples.bottle_app:app
 
-or on any database SQLAlchemy speaks, with ``DATABASE_URL`` set. ``app`` is
+or on any database SQLAlchemy speaks, with ``DATABASE_URL`` set (see models.py). ``app`` is
 the wrapped WSGI application; ``bottle_app`` is the Bottle object.
 """
 
 from __future__ import annotations
 
-import os
-
 import bottle
-from sqlalchemy import String, create_engine, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import (
-    DeclarativeBase,
-    Mapped,
-    Session,
-    mapped_column,
-    scoped_session,
-    sessionmaker,
-)
 
-from wsgi_sqla import ActiveRecordMixin, SessionMiddleware
+from wsgi_sqla import SessionMiddleware
 
-DATABASE_URL = os.environ.get("DATABASE_URL", "sqlite:///wsgi_sqla_example.sqlite3")
-
-engine = create_engine(DATABASE_URL)
-db: scoped_session[Session] = scoped_session(sessionmaker(bind=engine))
-
-
-class Base(ActiveRecordMixin, DeclarativeBase):
-    __session__ = db
-
-
-class User(Base):
-    __tablename__ = "example_users"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(80), unique=True)
-
-    def to_json(self) -> dict[str, object]:
-        return {"id": self.id, "name": self.name}
-
-
-Base.metadata.create_all(engine)
+from .models import User, db
 
 bottle_app = bottle.Bottle()
 

@@ -11,48 +11,23 @@ or on any database SQLAlchemy speaks, e.g.::
 No view commits: ``SessionMiddleware`` commits when the status is below 400
 and rolls back otherwise, so ``POST /users/<id>/fail`` (which writes, then
 raises) and ``POST /users`` with a duplicate name (409) leave nothing behind.
+
+Outside requests, ``transaction()`` gives a CLI command the same rules::
+
+    flask --app examples.flask_app add-users ann bob
 """
 
 from __future__ import annotations
 
-import os
-
+import click
 from flask import Flask, abort, jsonify, request
 from flask.typing import ResponseReturnValue
-from sqlalchemy import String, create_engine, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import (
-    DeclarativeBase,
-    Mapped,
-    Session,
-    mapped_column,
-    scoped_session,
-    sessionmaker,
-)
 
-from wsgi_sqla import ActiveRecordMixin, SessionMiddleware
+from wsgi_sqla import SessionMiddleware, transaction
 
-DATABASE_URL = os.environ.get("DATABASE_URL", "sqlite:///wsgi_sqla_example.sqlite3")
-
-engine = create_engine(DATABASE_URL)
-db: scoped_session[Session] = scoped_session(sessionmaker(bind=engine))
-
-
-class Base(ActiveRecordMixin, DeclarativeBase):
-    __session__ = db
-
-
-class User(Base):
-    __tablename__ = "example_users"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(80), unique=True)
-
-    def to_json(self) -> dict[str, object]:
-        return {"id": self.id, "name": self.name}
-
-
-Base.metadata.create_all(engine)
+from .models import User, db
 
 app = Flask(__name__)
 
@@ -106,6 +81,21 @@ def rename_then_fail(user_id: int) -> ResponseReturnValue:
     """Writes, then raises: the 500 rolls the write back."""
     (User.get(user_id) or abort(404)).update(name="renamed by a request that failed")
     raise RuntimeError("this view fails after writing; nothing it wrote is kept")
+
+
+@app.cli.command("add-users")
+@click.argument("names", nargs=-1, required=True)
+def add_users(names: tuple[str, ...]) -> None:
+    """Add users by name: all of them, or none if one name is taken."""
+    with transaction(db):
+        for name in names:
+            try:
+                User(name=name).save()
+            except IntegrityError:
+                raise click.ClickException(
+                    f"a user named {name!r} exists; nothing was added"
+                ) from None
+    click.echo(f"added {len(names)} user(s)")
 
 
 app.wsgi_app = SessionMiddleware(app.wsgi_app, db)  # type: ignore[method-assign]

@@ -61,6 +61,13 @@ def make_engine(url: str, **kw: Any) -> Engine:
     return engine
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _dispose_shared_engines() -> Iterator[None]:
+    yield
+    for shared in _engines.values():
+        shared.dispose()
+
+
 @pytest.fixture(params=list(DATABASES))
 def db_name(request: pytest.FixtureRequest) -> str:
     """The database this instance of the test runs against."""

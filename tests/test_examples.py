@@ -7,10 +7,9 @@ through a separate connection, and drops the example's table afterwards.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -18,26 +17,23 @@ import pytest
 import webtest
 from sqlalchemy import Engine, text
 
-EXAMPLES = Path(__file__).parent.parent / "examples"
-
 
 @pytest.fixture(params=["flask_app", "bottle_app"])
 def example(
     request: pytest.FixtureRequest, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[ModuleType]:
+    """The example imported afresh, on the database under test."""
     monkeypatch.setenv("DATABASE_URL", engine.url.render_as_string(hide_password=False))
     with engine.begin() as connection:
         connection.execute(text("DROP TABLE IF EXISTS example_users"))
-    spec = importlib.util.spec_from_file_location(
-        f"example_{request.param}", EXAMPLES / f"{request.param}.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # annotations resolve through it
-    spec.loader.exec_module(module)
+    for name in ("examples.models", f"examples.{request.param}"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    module = importlib.import_module(f"examples.{request.param}")
     yield module
     module.db.remove()
-    module.engine.dispose()
+    sys.modules["examples.models"].engine.dispose()
+    for name in ("examples.models", f"examples.{request.param}"):
+        sys.modules.pop(name, None)
     with engine.begin() as connection:
         connection.execute(text("DROP TABLE IF EXISTS example_users"))
 
@@ -88,4 +84,4 @@ def test_view_that_writes_then_raises_answers_500_and_keeps_nothing(
     user_id = app.post_json("/users", {"name": "ann"}, status=201).json["id"]
     app.post(f"/users/{user_id}/fail", status=500, expect_errors=True)
     assert stored(engine) == [(user_id, "ann")]
-    assert example.engine.pool.checkedout() == 0
+    assert sys.modules["examples.models"].engine.pool.checkedout() == 0

@@ -190,6 +190,18 @@ def second(
         other.dispose()
 
 
+def both_write(models: Models, first: Any, second: Any, status: str = "200 OK") -> Any:
+    """An application that adds a user in each session, then answers ``status``."""
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        first.add(models.User(name="in-first"))
+        second.add(models.User(name="in-second"))
+        start_response(status, [])
+        return [b""]
+
+    return SessionMiddleware(app, first, second)
+
+
 def committed(probe: Probe, second: scoped_session[Any]) -> set[str]:
     """User names committed in the first and the second session's databases."""
     return set(probe.names()) | set(Probe(second.session_factory.kw["bind"]).names())
@@ -198,13 +210,7 @@ def committed(probe: Probe, second: scoped_session[Any]) -> set[str]:
 def test_several_sessions_all_commit(
     session: Any, second: Any, models: Models, probe: Probe
 ) -> None:
-    def app(environ: Any, start_response: Any) -> list[bytes]:
-        session.add(models.User(name="in-first"))
-        second.add(models.User(name="in-second"))
-        start_response("200 OK", [])
-        return [b""]
-
-    webtest.TestApp(SessionMiddleware(app, session, second)).get("/")
+    webtest.TestApp(both_write(models, session, second)).get("/")
     assert committed(probe, second) == {"in-first", "in-second"}
     assert not session.registry.has() and not second.registry.has()
 
@@ -212,13 +218,7 @@ def test_several_sessions_all_commit(
 def test_several_sessions_all_roll_back(
     session: Any, second: Any, models: Models, probe: Probe
 ) -> None:
-    def app(environ: Any, start_response: Any) -> list[bytes]:
-        session.add(models.User(name="in-first"))
-        second.add(models.User(name="in-second"))
-        start_response("400 Bad Request", [])
-        return [b""]
-
-    webtest.TestApp(SessionMiddleware(app, session, second)).get("/", status=400)
+    webtest.TestApp(both_write(models, session, second, "400 Bad Request")).get("/", status=400)
     assert committed(probe, second) == set()
 
 
@@ -246,13 +246,7 @@ def test_commit_failure_in_second_session_leaves_first_committed_and_fails_the_r
 ) -> None:
     failing_commit(second)
 
-    def app(environ: Any, start_response: Any) -> list[bytes]:
-        session.add(models.User(name="in-first"))
-        second.add(models.User(name="in-second"))
-        start_response("200 OK", [])
-        return [b""]
-
-    seen = server.request(SessionMiddleware(app, session, second))
+    seen = server.request(both_write(models, session, second))
     assert isinstance(seen.error, RuntimeError)
     assert seen.status is None
     assert committed(probe, second) == {"in-first"}, "no two-phase commit: the first stands"
@@ -264,13 +258,7 @@ def test_commit_failure_in_first_session_rolls_back_the_second(
 ) -> None:
     failing_commit(session)
 
-    def app(environ: Any, start_response: Any) -> list[bytes]:
-        session.add(models.User(name="in-first"))
-        second.add(models.User(name="in-second"))
-        start_response("200 OK", [])
-        return [b""]
-
-    seen = server.request(SessionMiddleware(app, session, second))
+    seen = server.request(both_write(models, session, second))
     assert isinstance(seen.error, RuntimeError)
     assert committed(probe, second) == set()
     assert probe.checked_out() == 0

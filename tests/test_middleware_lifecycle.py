@@ -203,14 +203,18 @@ def test_decision_and_reason_are_logged_at_debug(
 ) -> None:
     def app(environ: Any, start_response: Any) -> list[bytes]:
         session.execute(select(1))
+        if environ["PATH_INFO"] == "/raise":
+            raise LookupError("view failed")
         start_response(environ["PATH_INFO"].strip("/").replace("-", " "), [])
         return [b""]
 
     with caplog.at_level(logging.DEBUG, logger="wsgi_sqla"):
         server.request(SessionMiddleware(app, session), "/201-Created")
         server.request(SessionMiddleware(app, session), "/404-Not-Found")
+        server.request(SessionMiddleware(app, session), "/raise")
     messages = [r.getMessage() for r in caplog.records if r.name == "wsgi_sqla"]
     assert messages == [
         "committed /201-Created (not vetoed): 201 Created",
         "rolled back /404-Not-Found (vetoed): 404 Not Found",
+        "rolled back /raise (the application raised)",
     ]

@@ -131,13 +131,19 @@ class SessionMiddleware:
         return self._attempt(environ, start_response)
 
     def _attempt(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        unit = UnitOfWork(self.sessions)
-        unit.discard_stale()
-        return _Response(self, unit, environ, start_response).run()
+        """Run the request once, as one unit of work."""
+        response = _Response(self, environ, start_response)
+        response.discard_stale()
+        return response.run()
 
 
-class _Response:
-    """The state of one request, and the iterable handed back to the server."""
+class _Response(UnitOfWork):
+    """One request: its unit of work, its response state, and the iterable handed back.
+
+    Being the unit of work itself saves a second object on every request;
+    the rules still come from :class:`UnitOfWork`, this class only decides
+    when to apply them.
+    """
 
     __slots__ = (
         "_app_iter",
@@ -152,21 +158,20 @@ class _Response:
         "_headers",
         "_iterator",
         "_middleware",
+        "_plain",
         "_server_start_response",
         "_server_write",
         "_status",
-        "_unit",
     )
 
     def __init__(
         self,
         middleware: SessionMiddleware,
-        unit: UnitOfWork,
         environ: WSGIEnvironment,
         start_response: StartResponse,
     ) -> None:
+        super().__init__(middleware.sessions)
         self._middleware = middleware
-        self._unit = unit
         self._environ = environ
         self._server_start_response = start_response
         self._server_write: Callable[[bytes], object] | None = None
@@ -178,6 +183,7 @@ class _Response:
         self._failure: BaseException | None = None
         self._app_iter: Iterable[bytes] | None = None
         self._iterator: Iterator[bytes] | None = None
+        self._plain = False
         self._first: bytes | None = None
         self._finished = False
         self._closed = False
@@ -185,11 +191,15 @@ class _Response:
     # -- running the application -------------------------------------------
 
     def run(self) -> Iterable[bytes]:
-        token = self._unit.activate()
+        token = self.activate()
         try:
             try:
-                self._app_iter = self._middleware.app(self._environ, self._start_response)
-                self._iterator = _iterate(self._app_iter)
+                self._app_iter = app_iter = self._middleware.app(
+                    self._environ, self._start_response
+                )
+                self._iterator = _iterate(app_iter)
+                # A list or tuple runs no application code while it is iterated.
+                self._plain = type(app_iter) in (list, tuple)
                 if self._status is None:
                     # start_response is called lazily, from inside the body.
                     self._first = next(self._iterator, None)
@@ -206,7 +216,7 @@ class _Response:
                 self._abort()
                 raise
         finally:
-            self._unit.deactivate(token)
+            self.deactivate(token)
         return self
 
     def _start_response(
@@ -239,21 +249,20 @@ class _Response:
         self._decided = True
         status = self._status
         assert status is not None
-        unit = self._unit
-        if unit.outcome is not None:
-            commit, reason = unit.outcome, "forced by the application"
+        if self.outcome is not None:
+            commit, reason = self.outcome, "forced by the application"
         else:
             try:
                 vetoed = self._middleware.commit_veto(self._environ, status, self._headers)
             except BaseException as exc:
                 self._failure = exc
                 logger.exception("commit_veto raised; rolling back")
-                unit.rollback()
+                self.rollback()
                 raise
             commit, reason = not vetoed, ("vetoed" if vetoed else "not vetoed")
         if commit:
             try:
-                unit.commit()
+                self.commit()
             except BaseException as exc:
                 self._failure = exc
                 logger.exception(
@@ -263,17 +272,18 @@ class _Response:
             self._committed = True
             logger.debug("committed %s (%s): %s", self._environ.get("PATH_INFO"), reason, status)
         else:
-            unit.rollback()
+            self.rollback()
             logger.debug("rolled back %s (%s): %s", self._environ.get("PATH_INFO"), reason, status)
         exc_info, self._exc_info = self._exc_info, None
         self._server_write = self._server_start_response(status, self._headers, exc_info)
 
     def _abort(self) -> None:
         """The request failed before a response was handed over: undo, close, clean up."""
-        logger.debug("rolled back %s (the application raised)", self._environ.get("PATH_INFO"))
+        if not self._decided:
+            logger.debug("rolled back %s (the application raised)", self._environ.get("PATH_INFO"))
         self._exc_info = None
         self._finished = False
-        self._unit.outcome = False
+        self.outcome = False
         self.close()
 
     # -- the iterable returned to the server ------------------------------
@@ -282,28 +292,33 @@ class _Response:
         return self
 
     def __next__(self) -> bytes:
+        iterator = self._iterator
+        assert iterator is not None
         first = self._first
         if first is not None:
             self._first = None
             return first
-        iterator = self._iterator
-        assert iterator is not None
-        token = self._unit.activate()
+        if self._plain:
+            try:
+                return next(iterator)
+            except StopIteration:
+                self._finished = True
+                raise
+        token = self.activate()
         try:
             return next(iterator)
         except StopIteration:
             self._finished = True
             raise
         finally:
-            self._unit.deactivate(token)
+            self.deactivate(token)
 
     def close(self) -> None:
         """Close the application's iterable once, settle later work, remove the sessions."""
         if self._closed:
             return
         self._closed = True
-        unit = self._unit
-        token = unit.activate()
+        token = self.activate()
         try:
             try:
                 close = getattr(self._app_iter, "close", None)
@@ -315,24 +330,23 @@ class _Response:
             finally:
                 self._settle()
         finally:
-            unit.deactivate(token)
+            self.deactivate(token)
 
     def _settle(self) -> None:
         """Commit work done while streaming if the response committed, else roll back."""
-        unit = self._unit
         try:
-            if self._committed and self._finished and unit.outcome is not False:
+            if self._committed and self._finished and self.outcome is not False:
                 try:
-                    unit.commit()
+                    self.commit()
                 except Exception:
                     logger.exception(
                         "commit of work done while streaming the body failed; rolled back"
                     )
                     raise
             else:
-                unit.rollback()
+                self.rollback()
         finally:
-            unit.end()
+            self.end()
 
 
 def _iterate(app_iter: Iterable[bytes]) -> Iterator[bytes]:

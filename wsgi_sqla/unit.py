@@ -24,11 +24,13 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from sqlalchemy.orm import scoped_session
+from sqlalchemy.util import ThreadLocalRegistry
 
 __all__ = [
     "StaleSessionWarning",
@@ -56,6 +58,25 @@ class StaleSessionWarning(RuntimeWarning):
     remove it. The stale session is rolled back and removed before the new
     unit starts, so nothing it held can be committed by accident.
     """
+
+
+_THREAD_LOCAL = type(threading.local())
+
+
+def _is_live(scoped: scoped_session[Any]) -> bool:
+    """Whether ``scoped`` holds a session for the current scope, without creating one.
+
+    Same answer as ``scoped.registry.has()``, which for the default
+    thread-local registry costs a raised and caught AttributeError on every
+    miss; a request that never touches the database asks this four times
+    per session, so the common case reads the thread's dict directly.
+    """
+    registry = scoped.registry
+    if type(registry) is ThreadLocalRegistry:
+        local = registry.registry
+        if type(local) is _THREAD_LOCAL:
+            return "value" in local.__dict__
+    return registry.has()
 
 
 def _check_sessions(sessions: Iterable[object], owner: str) -> tuple[scoped_session[Any], ...]:
@@ -113,11 +134,12 @@ class UnitOfWork:
     def discard_stale(self) -> None:
         """Roll back and remove sessions left over from an earlier unit."""
         for scoped in self.sessions:
-            if scoped.registry.has():
+            if _is_live(scoped):
                 warnings.warn(
-                    "wsgi_sqla: a session from an earlier unit of work was still in the "
-                    "registry of this thread (was close() never called on a response?); "
-                    "it is rolled back and removed",
+                    "wsgi_sqla: a session was still in the registry when a new unit of work "
+                    "began (a server that never called close() on a response, or code that "
+                    "used the scoped session outside any unit of work); it is rolled back "
+                    "and removed",
                     StaleSessionWarning,
                     stacklevel=3,
                 )
@@ -132,7 +154,7 @@ class UnitOfWork:
         stays committed (there is no two-phase commit across databases) and
         the failure is logged naming both.
         """
-        live = [scoped.registry() for scoped in self.sessions if scoped.registry.has()]
+        live = [scoped.registry() for scoped in self.sessions if _is_live(scoped)]
         committed = 0
         try:
             if len(live) > 1:
@@ -162,13 +184,13 @@ class UnitOfWork:
         """Roll back every live session and drop hooks of uncommitted work."""
         self._pending_hooks = None
         for scoped in self.sessions:
-            if scoped.registry.has():
+            if _is_live(scoped):
                 self._rollback_one(scoped)
 
     def remove(self) -> None:
         """Close every live session and clear it from its registry."""
         for scoped in self.sessions:
-            if scoped.registry.has():
+            if _is_live(scoped):
                 self._remove_one(scoped)
 
     def end(self) -> None:

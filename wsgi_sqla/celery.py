@@ -1,0 +1,102 @@
+"""Celery tasks as units of work: commit on success, roll back on any exception.
+
+Install with the ``celery`` extra (``pip install wsgi_sqla[celery]``). A task
+whose base is :class:`SessionTask` runs its body exactly like a request or a
+:class:`~wsgi_sqla.transaction` block, through the same
+:class:`~wsgi_sqla.unit.UnitOfWork`: commit when the body returns, roll back
+when it raises, remove the sessions always, run after-commit hooks once the
+commit is done.
+
+"Any exception" includes Celery's own control-flow exceptions: ``self.retry()``
+raises :class:`celery.exceptions.Retry`, so an attempt that asks for a retry
+leaves nothing behind and the next attempt starts from the committed state;
+the same goes for ``autoretry_for``, ``Ignore`` and ``Reject``. (The pattern
+this package grew out of committed in a ``finally:`` block, so a failed
+attempt's half-done work was committed: exactly what this module prevents.)
+
+The base learns its sessions from the class attribute ``sessions``, checked
+when the class is defined; :func:`task_base` builds such a class in one line.
+A task on a base without sessions raises :class:`TypeError` when it is
+called, instead of running without a unit of work.
+
+A task called directly (``add_user(...)``, or ``.apply()``/eager mode) inside
+a running unit of work, for instance from a view, joins that unit like a
+nested ``transaction()`` does. A task sent to a worker always runs as a unit
+of its own; to send it only once the data it needs is committed, enqueue it
+from an after-commit hook: ``after_commit(send_welcome.delay, user.id)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, ParamSpec, TypeVar
+
+from celery import Task
+from sqlalchemy.orm import scoped_session
+
+from .blocks import _unit_of_work
+from .unit import _check_sessions
+
+__all__ = ["SessionTask", "task_base"]
+
+_P = ParamSpec("_P")
+_R_co = TypeVar("_R_co", covariant=True)
+
+
+class SessionTask(Task[_P, _R_co]):
+    """A Celery task base that runs every call of the task as one unit of work.
+
+    Configure it by subclassing::
+
+        class DbTask(SessionTask):
+            sessions = (db,)
+
+        @celery_app.task(base=DbTask, bind=True, max_retries=3)
+        def charge(self, order_id: int) -> None: ...
+
+    or with ``base=task_base(db)``; ``Celery(task_cls=task_base(db))`` makes
+    it the base of every task of the app.
+
+    Guarantees, for each call of the task body:
+
+    * the sessions are committed when the body returns and rolled back when
+      it raises, whatever the exception (``Retry`` from ``self.retry()``
+      included); the exception propagates to Celery unchanged;
+    * the sessions are removed afterwards in every case;
+    * hooks registered with :func:`~wsgi_sqla.after_commit` in the body run
+      once after the commit, and never when it rolled back;
+    * inside an already running unit of work (a direct or eager call from a
+      view or a ``transaction()`` block) the body joins that unit instead.
+    """
+
+    #: The scoped sessions each call of the task commits or rolls back.
+    sessions: ClassVar[tuple[scoped_session[Any], ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "sessions" in cls.__dict__:
+            cls.sessions = _check_sessions(cls.__dict__["sessions"], f"{cls.__qualname__}.sessions")
+
+    def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _R_co:
+        sessions = type(self).sessions
+        if not sessions:
+            raise TypeError(
+                f"task {self.name!r} has the base wsgi_sqla.celery.SessionTask but no "
+                "session was configured, so it cannot run as a unit of work: set "
+                "`sessions = (db,)` on a subclass of SessionTask, or use "
+                "base=wsgi_sqla.celery.task_base(db)"
+            )
+        with _unit_of_work(sessions):
+            return super().__call__(*args, **kwargs)
+
+
+def task_base(*sessions: scoped_session[Any]) -> type[SessionTask[Any, Any]]:
+    """A :class:`SessionTask` subclass whose ``sessions`` are ``sessions``.
+
+    ``@celery_app.task(base=task_base(db))`` or
+    ``Celery(..., task_cls=task_base(db))``.
+
+    :raises TypeError: when no session is given, or one is not a
+        :class:`sqlalchemy.orm.scoped_session`.
+    """
+    checked = _check_sessions(sessions, "task_base()")
+    return type("SessionTask", (SessionTask,), {"sessions": checked, "__module__": __name__})
