@@ -131,7 +131,7 @@ class SessionMiddleware:
         return self._attempt(environ, start_response)
 
     def _attempt(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        """Run the request once, as one unit of work."""
+        """Run the request once, as one unit of work (one attempt of the retry loop)."""
         response = _Response(self, environ, start_response)
         response.discard_stale()
         return response.run()

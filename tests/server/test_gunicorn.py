@@ -74,8 +74,7 @@ def served(
     with engine.begin() as connection:
         connection.execute(text("DROP TABLE IF EXISTS example_users"))
     # Create the table once here: workers importing the example together would race to.
-    example = load_module(EXAMPLES / f"{framework}_app.py", url)
-    example.engine.dispose()
+    load_module(EXAMPLES / "models.py", url).engine.dispose()
     with servers(tmp_path_factory.mktemp("gunicorn")) as serve:
         server = serve(
             f"examples.{framework}_app:app",
