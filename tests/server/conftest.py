@@ -236,8 +236,8 @@ def servers(log_dir: Path) -> Iterator[Serve]:
             args += ["--threads", str(threads)]
         if preload:
             args.append("--preload")
-        if config:
-            args += ["--config", config]
+        if config:  # a file next to this one
+            args += ["--config", str(HERE / config)]
         server = Gunicorn(
             app,
             args,
@@ -271,23 +271,28 @@ def module_gunicorn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]
         yield serve
 
 
-def open_transactions(engine: Engine, application_name: str) -> int:
-    """Connections of the application's database that sit inside a transaction."""
+def open_transactions(engine: Engine, application_name: str) -> list[tuple[object, ...]]:
+    """Connections of the application that sit inside a transaction, described."""
     if engine.dialect.name == "sqlite":
         pytest.skip("SQLite has no server to ask about other connections' transactions")
     with engine.connect() as connection:
         if engine.dialect.name == "postgresql":
             query = (
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND application_name = :app AND state LIKE 'idle in transaction%%'"
+                "SELECT pid, state, xact_start, state_change, left(query, 80) "
+                "FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name = :app AND state LIKE 'idle in transaction%%' "
+                "AND pid <> pg_backend_pid()"
             )
-            return int(connection.execute(text(query), {"app": application_name}).scalar_one())
-        query = (
-            "SELECT count(*) FROM information_schema.innodb_trx t "
-            "JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id "
-            "WHERE p.db = DATABASE() AND p.id <> CONNECTION_ID()"
-        )
-        return int(connection.execute(text(query)).scalar_one())
+            rows = connection.execute(text(query), {"app": application_name})
+        else:
+            query = (
+                "SELECT p.id, p.command, t.trx_started, p.info "
+                "FROM information_schema.innodb_trx t "
+                "JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id "
+                "WHERE p.db = DATABASE() AND p.id <> CONNECTION_ID()"
+            )
+            rows = connection.execute(text(query))
+        return [tuple(row) for row in rows]
 
 
 def load_module(path: Path, database: str) -> ModuleType:
@@ -309,6 +314,24 @@ def load_module(path: Path, database: str) -> ModuleType:
             del os.environ["DATABASE_URL"]
         else:
             os.environ["DATABASE_URL"] = previous
+
+
+@contextlib.contextmanager
+def app_tables(path: Path, database: str) -> Iterator[ModuleType]:
+    """The tables of the application at ``path``, fresh, for the duration of the block.
+
+    Created here rather than by the workers: workers importing an application
+    at the same moment would race to create them.
+    """
+    module = load_module(path, database)
+    metadata = module.Base.metadata
+    metadata.drop_all(module.engine)
+    metadata.create_all(module.engine)
+    try:
+        yield module
+    finally:
+        metadata.drop_all(module.engine)
+        module.engine.dispose()
 
 
 class TcpProxy:

@@ -23,7 +23,7 @@ from conftest import database_url
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from .conftest import Gunicorn, TcpProxy, load_module, open_transactions, servers
+from .conftest import Gunicorn, TcpProxy, app_tables, open_transactions, servers
 
 SOAK_APP = Path(__file__).with_name("soak_app.py")
 
@@ -59,7 +59,7 @@ class Faulty:
     def assert_healthy(self, *committed: str) -> None:
         """Nothing leaked, nothing lost, and the next request works without a restart."""
         assert self.settled() == 0
-        assert open_transactions(self.engine, "wsgi_sqla_soak") == 0
+        assert open_transactions(self.engine, "wsgi_sqla_soak") == []
         after = self.write()
         assert {*committed, after} <= self.tags()
         self.server.check()
@@ -101,26 +101,24 @@ def faulty(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Faulty]:
     url = database_url(request.param, Path())
-    module = load_module(SOAK_APP, url)
-    module.Base.metadata.drop_all(module.engine)
-    module.Base.metadata.create_all(module.engine)
-    module.engine.dispose()
     target = make_url(url)
     proxy = TcpProxy(target.host or "127.0.0.1", target.port or 0)
-    proxy.start()
-    proxied = target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
     engine = create_engine(url)
-    try:
-        with servers(tmp_path_factory.mktemp("gunicorn")) as serve:
+    with app_tables(SOAK_APP, url), servers(tmp_path_factory.mktemp("gunicorn")) as serve:
+        proxy.start()
+        try:
+            proxied = target.set(host="127.0.0.1", port=proxy.port)
             server = serve(
-                "soak_app:app", database=proxied, worker_class="gthread", workers=1, threads=4
+                "soak_app:app",
+                database=proxied.render_as_string(hide_password=False),
+                worker_class="gthread",
+                workers=1,
+                threads=4,
             )
             yield Faulty(server, proxy, engine)
-    finally:
-        proxy.stop()
-        module.Base.metadata.drop_all(module.engine)
-        module.engine.dispose()
-        engine.dispose()
+        finally:
+            proxy.stop()
+            engine.dispose()
 
 
 def test_backend_killed_mid_request_answers_500_and_keeps_nothing(faulty: Faulty) -> None:

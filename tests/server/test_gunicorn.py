@@ -22,7 +22,7 @@ from conftest import database_url
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from .conftest import Gunicorn, Serve, load_module, open_transactions, servers
+from .conftest import Gunicorn, Serve, app_tables, load_module, open_transactions, servers
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -69,8 +69,9 @@ def served(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Served]:
     db, framework, worker_class = request.param
-    url = tagged(database_url(db, tmp_path_factory.mktemp("sqlite")), db)
-    engine = create_engine(url)
+    plain = database_url(db, tmp_path_factory.mktemp("sqlite"))
+    url = tagged(plain, db)
+    engine = create_engine(plain)
     with engine.begin() as connection:
         connection.execute(text("DROP TABLE IF EXISTS example_users"))
     # Create the table once here: workers importing the example together would race to.
@@ -147,7 +148,7 @@ def test_no_connection_is_left_inside_a_transaction(served: Served) -> None:
     for _ in range(4):
         served.server.post_json("/users", {"name": unique("ann")})
         served.server.post_json("/users", {"nom": "bad"})
-    assert open_transactions(served.engine, "wsgi_sqla_example") == 0
+    assert open_transactions(served.engine, "wsgi_sqla_example") == []
 
 
 # -- gunicorn --preload ------------------------------------------------------------
@@ -160,13 +161,8 @@ SOAK_APP = Path(__file__).with_name("soak_app.py")
 def soak_tables(db_name: str, tmp_path: Path) -> Iterator[str]:
     """The soak application's tables on database ``db_name``; yields its URL."""
     url = database_url(db_name, tmp_path)
-    module = load_module(SOAK_APP, url)
-    module.Base.metadata.drop_all(module.engine)
-    module.Base.metadata.create_all(module.engine)
-    module.engine.dispose()
-    yield url
-    module.Base.metadata.drop_all(module.engine)
-    module.engine.dispose()
+    with app_tables(SOAK_APP, url):
+        yield url
 
 
 def fan_out(server: Gunicorn, path: str, count: int, threads: int) -> list[Any]:
@@ -201,7 +197,7 @@ def test_preloaded_workers_never_share_a_connection(
         workers=3,
         threads=2,
         preload=True,
-        config=str(Path(__file__).with_name(config)) if config else None,
+        config=config,
     )
     seen: dict[Any, set[int]] = {}
     for _ in range(10):  # until several workers answered
@@ -237,7 +233,7 @@ def test_concurrent_requests_in_one_worker_get_their_own_session(
         workers=1,
         threads=4,
         preload=preload,
-        config=str(Path(__file__).with_name(config)) if config else None,
+        config=config,
     )
     group = uuid.uuid4().hex
     paths = [f"/together?group={group}&n=3&key={key}" for key in "abc"]

@@ -19,7 +19,7 @@ import pytest
 from conftest import database_url
 from sqlalchemy import create_engine, text
 
-from .conftest import Gunicorn, Serve, load_module
+from .conftest import Gunicorn, Serve, app_tables
 
 RETRY_APP = Path(__file__).with_name("retry_app.py")
 SERVED = {"flask": "retry_app:flask_app", "bottle": "retry_app:bottle_wsgi"}
@@ -32,12 +32,20 @@ pytestmark = pytest.mark.parametrize("db_name", ["postgresql"], indirect=True)
 @pytest.fixture
 def ledger(db_name: str, tmp_path: Path) -> Iterator[str]:
     url = database_url(db_name, tmp_path)
-    module = load_module(RETRY_APP, url)
-    module.Base.metadata.drop_all(module.engine)
-    module.Base.metadata.create_all(module.engine)
-    yield url
-    module.Base.metadata.drop_all(module.engine)
-    module.engine.dispose()
+    with app_tables(RETRY_APP, url):
+        yield url
+
+
+def serve(gunicorn: Serve, database: str, framework: str, retries: int) -> Gunicorn:
+    """The ledger on ``framework``, in 2 workers of 8 threads each."""
+    return gunicorn(
+        SERVED[framework],
+        database=database,
+        worker_class="gthread",
+        workers=2,
+        threads=8,
+        env={"RETRIES": str(retries)},
+    )
 
 
 def burst(server: Gunicorn) -> dict[str, tuple[int, int | None]]:
@@ -66,14 +74,7 @@ def stored(url: str) -> dict[str, int]:
 def test_conflicting_serializable_requests_all_succeed_as_if_run_one_by_one(
     gunicorn: Serve, ledger: str, framework: str
 ) -> None:
-    server = gunicorn(
-        SERVED[framework],
-        database=ledger,
-        worker_class="gthread",
-        workers=2,
-        threads=8,
-        env={"RETRIES": "30"},
-    )
+    server = serve(gunicorn, ledger, framework, retries=30)
     replies = burst(server)
     assert sorted(status for status, _ in replies.values()) == [201] * REQUESTS
     ledger_rows = stored(ledger)
@@ -87,15 +88,7 @@ def test_conflicting_serializable_requests_all_succeed_as_if_run_one_by_one(
 def test_without_retries_conflicting_requests_fail_and_leave_nothing(
     gunicorn: Serve, ledger: str, framework: str
 ) -> None:
-    server = gunicorn(
-        SERVED[framework],
-        database=ledger,
-        worker_class="gthread",
-        workers=2,
-        threads=8,
-        env={"RETRIES": "0"},
-    )
-    replies = burst(server)
+    replies = burst(serve(gunicorn, ledger, framework, retries=0))
     statuses = sorted({status for status, _ in replies.values()})
     assert statuses == [201, 500], "expected some requests to lose a serialization conflict"
     committed = {request: number for request, (status, number) in replies.items() if status == 201}

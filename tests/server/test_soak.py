@@ -40,7 +40,7 @@ import pytest
 from conftest import database_url
 from sqlalchemy import Engine, create_engine, text
 
-from .conftest import Gunicorn, Serve, load_module, open_transactions
+from .conftest import Gunicorn, Serve, app_tables, open_transactions
 
 SOAK_APP = Path(__file__).with_name("soak_app.py")
 REQUESTS = int(os.environ.get("WSGI_SQLA_SOAK_REQUESTS", "5000"))
@@ -174,24 +174,20 @@ class Soak:
 @pytest.fixture
 def soak(db_name: str, tmp_path: Path, gunicorn: Serve) -> Iterator[Soak]:
     url = database_url(db_name, tmp_path)
-    module = load_module(SOAK_APP, url)
-    module.Base.metadata.drop_all(module.engine)
-    module.Base.metadata.create_all(module.engine)
-    with module.engine.begin() as connection:
-        connection.execute(text("INSERT INTO soak_counter (id, value) VALUES (1, 0)"))
-    engine = create_engine(url)
-    server = gunicorn(
-        "soak_app:app",
-        database=url,
-        worker_class="gthread",
-        workers=2,
-        threads=8,
-        env={"SOAK_RETRIES": "10"},
-    )
-    yield Soak(server, engine)
-    module.Base.metadata.drop_all(module.engine)
-    module.engine.dispose()
-    engine.dispose()
+    with app_tables(SOAK_APP, url) as module:
+        with module.engine.begin() as connection:
+            connection.execute(text("INSERT INTO soak_counter (id, value) VALUES (1, 0)"))
+        engine = create_engine(url)
+        server = gunicorn(
+            "soak_app:app",
+            database=url,
+            worker_class="gthread",
+            workers=2,
+            threads=8,
+            env={"SOAK_RETRIES": "10"},
+        )
+        yield Soak(server, engine)
+        engine.dispose()
 
 
 def drive(server: Gunicorn, plan: list[tuple[str, str]]) -> list[Seen]:
@@ -248,7 +244,7 @@ def test_soak_database_equals_what_the_clients_saw(soak: Soak) -> None:
 
     # Nothing leaked: no connection checked out, none inside a transaction.
     assert {pid: a["checked_out"] for pid, a in end.items()} == dict.fromkeys(workers, 0)
-    assert open_transactions(soak.engine, "wsgi_sqla_soak") == 0
+    assert open_transactions(soak.engine, "wsgi_sqla_soak") == []
 
     # The database is exactly what the clients were told.
     with soak.engine.connect() as connection:
