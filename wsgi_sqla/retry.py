@@ -63,6 +63,7 @@ __all__ = [
     "DEFAULT_RETRY_BODY_LIMIT",
     "MYSQL_TRANSIENT_ERRORS",
     "POSTGRESQL_TRANSIENT_SQLSTATES",
+    "RetryPolicy",
     "is_transient_error",
     "report_bottle_exceptions",
     "report_exception",
@@ -256,13 +257,9 @@ class RetryPolicy:
         body = _buffer_body(environ, self.body_limit)
         if body is None:
             return attempt(environ, start_response)
-        last = self.retries + 1
-        for number in range(1, last + 1):
-            env = dict(environ)
-            env["wsgi.input"] = io.BytesIO(body)
-            if number == last:
-                return attempt(env, start_response)
+        for number in range(1, self.retries + 1):
             gate = _Gate(start_response, self.retry_if)
+            env = _fresh(environ, body)
             env[_ENVIRON_KEY] = gate
             try:
                 return attempt(env, gate.start_response)
@@ -276,13 +273,14 @@ class RetryPolicy:
                     environ.get("REQUEST_METHOD"),
                     environ.get("PATH_INFO"),
                     number,
-                    last,
+                    self.retries + 1,
                     type(exc).__name__,
-                    str(exc).strip().splitlines()[0] if str(exc).strip() else "",
+                    _first_line(exc),
                     delay * 1000,
                 )
             _sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
+        # The last attempt: whatever happens now stands.
+        return attempt(_fresh(environ, body), start_response)
 
     def delay(self, number: int) -> float:
         """Seconds to wait after failed attempt ``number``: doubling, capped, jittered ±50%."""
@@ -315,6 +313,17 @@ def retry_policy(
     if retries == 0:
         return None
     return RetryPolicy(retries, retry_if, body_limit, float(backoff))
+
+
+def _fresh(environ: WSGIEnvironment, body: bytes) -> WSGIEnvironment:
+    """A copy of the request as the server gave it, with the body to read again."""
+    env = dict(environ)
+    env["wsgi.input"] = io.BytesIO(body)
+    return env
+
+
+def _first_line(exc: BaseException) -> str:
+    return next(iter(str(exc).strip().splitlines()), "")
 
 
 def _buffer_body(environ: WSGIEnvironment, limit: int) -> bytes | None:
