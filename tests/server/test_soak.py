@@ -59,16 +59,18 @@ MIX = {
     "ping": 8,
 }
 
-STATUS = {
-    "write": 201,
-    "reject": 422,
-    "raise": 500,
-    "commit-fail": 500,
-    "stream": 200,
-    "hang-up": 200,
-    "bump": 201,
-    "leave": None,
-    "ping": 200,
+STATUS: dict[str, set[int | None]] = {
+    "write": {201},
+    "reject": {422},
+    "raise": {500},
+    "commit-fail": {500},
+    "stream": {200},
+    "hang-up": {200},
+    # A bump that loses its serialization conflict more often than the middleware
+    # retries (10 times) ends 500; rare, and then nothing of it may be kept.
+    "bump": {201, 500},
+    "leave": {None},
+    "ping": {200},
 }
 
 # After the warm-up, a worker's live Python objects may drift by less than this
@@ -239,7 +241,7 @@ def test_soak_database_equals_what_the_clients_saw(soak: Soak) -> None:
     assert [s for s in seen if s.failure] == []
     assert soak.server.workers() == workers, "a worker was replaced during the soak"
     for s in seen:
-        assert s.status == STATUS[s.kind], s
+        assert s.status in STATUS[s.kind], s
         assert s.kind != "stream" or s.complete, s
 
     # Nothing leaked: no connection checked out, none inside a transaction.
@@ -256,6 +258,7 @@ def test_soak_database_equals_what_the_clients_saw(soak: Soak) -> None:
     assert expected - stored == set(), "rows whose client saw success are missing"
     assert claims == 0
     assert counter == outcomes[("bump", 201)]
+    assert outcomes[("bump", 201)] > outcomes[("bump", 500)], "retries did not help the bumps"
 
     # Memory does not grow with the number of requests.
     for pid in workers:
