@@ -25,7 +25,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from wsgi_sqla import SessionMiddleware, transaction
+from wsgi_sqla import SessionMiddleware, report_flask_exceptions, transaction
 
 from .models import User, db
 
@@ -98,4 +98,7 @@ def add_users(names: tuple[str, ...]) -> None:
     click.echo(f"added {len(names)} user(s)")
 
 
-app.wsgi_app = SessionMiddleware(app.wsgi_app, db)  # type: ignore[method-assign]
+# A deadlock or serialization failure runs the request again (up to 3 times);
+# Flask turns view exceptions into 500s, so it hands them to the middleware first.
+report_flask_exceptions(app)
+app.wsgi_app = SessionMiddleware(app.wsgi_app, db, retries=3)  # type: ignore[method-assign]

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import scoped_session
 
+from .fork import _dispose_in_children
+from .retry import DEFAULT_RETRY_BODY_LIMIT, RetryPolicy, is_transient_error, retry_policy
 from .unit import UnitOfWork, _check_sessions
 
 if TYPE_CHECKING:
@@ -76,6 +78,24 @@ class SessionMiddleware:
     :param commit_veto: ``commit_veto(environ, status, headers) -> bool``,
         called with the final status string and header list; ``True`` rolls
         back. Defaults to :func:`default_commit_veto`.
+    :param retries: how many times to run a request again after a transient
+        database error, while nothing of its response was sent
+        (:mod:`wsgi_sqla.retry`). ``0``, the default, turns retrying off and
+        costs nothing.
+    :param retry_if: ``retry_if(exception) -> bool``, which errors are
+        transient; defaults to :func:`~wsgi_sqla.retry.is_transient_error`
+        (PostgreSQL and MariaDB serialization failures, deadlocks, lock
+        timeouts).
+    :param retry_body_limit: request bodies up to this many bytes are
+        buffered so that they can be replayed; a request with a larger body,
+        or one of unknown length, is not retried.
+    :param retry_backoff: seconds to wait before the first retry; doubled
+        for each further one, jittered by ±50%, capped at one second.
+
+    The engines bound to the sessions are disposed of in child processes
+    after ``os.fork()`` (see :func:`~wsgi_sqla.fork_safe`), so a server that
+    imports the application before forking its workers (``gunicorn
+    --preload``) never lets two processes share a connection.
     """
 
     def __init__(
@@ -83,6 +103,10 @@ class SessionMiddleware:
         app: WSGIApplication,
         *sessions: scoped_session[Any],
         commit_veto: CommitVeto = default_commit_veto,
+        retries: int = 0,
+        retry_if: Callable[[BaseException], bool] = is_transient_error,
+        retry_body_limit: int = DEFAULT_RETRY_BODY_LIMIT,
+        retry_backoff: float = 0.01,
     ) -> None:
         if not callable(app):
             raise TypeError(
@@ -96,8 +120,18 @@ class SessionMiddleware:
         self.app = app
         self.sessions = _check_sessions(sessions, "SessionMiddleware")
         self.commit_veto = commit_veto
+        self.retry: RetryPolicy | None = retry_policy(
+            retries, retry_if, retry_body_limit, retry_backoff
+        )
+        _dispose_in_children(self.sessions)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if self.retry is not None:
+            return self.retry.run(self._attempt, environ, start_response)
+        return self._attempt(environ, start_response)
+
+    def _attempt(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        """Run the request once, as one unit of work (one attempt of the retry loop)."""
         response = _Response(self, environ, start_response)
         response.discard_stale()
         return response.run()

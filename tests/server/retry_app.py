@@ -1,0 +1,79 @@
+"""A ledger that only SERIALIZABLE isolation keeps right, on Flask and on Bottle.
+
+``POST /entries`` with ``{"request": "<id>"}`` counts the entries and
+appends one numbered ``count + 1``. Run serially, the numbers are 1, 2, 3,
+... with no gap and no repeat. Run concurrently under SERIALIZABLE,
+PostgreSQL aborts the transactions that would break that
+(SQLSTATE 40001), the view raises, the framework turns the error into a
+500, and the hook installed below hands the error to
+:class:`~wsgi_sqla.SessionMiddleware`, which runs the request again.
+
+``DATABASE_URL`` says where the database is, ``RETRIES`` how many retries
+the middleware makes (0 shows what happens without them). Serve
+``retry_app:flask_app`` or ``retry_app:bottle_wsgi``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import bottle
+import flask
+from sqlalchemy import String, create_engine, func, select, text
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    scoped_session,
+    sessionmaker,
+)
+
+from wsgi_sqla import SessionMiddleware, report_bottle_exceptions, report_flask_exceptions
+
+RETRIES = int(os.environ.get("RETRIES", "20"))
+engine = create_engine(os.environ["DATABASE_URL"], isolation_level="SERIALIZABLE")
+db: scoped_session[Session] = scoped_session(sessionmaker(bind=engine))
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Entry(Base):
+    __tablename__ = "retry_ledger"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    number: Mapped[int]  # deliberately not unique: SERIALIZABLE alone must keep it right
+    request: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+def append(request_id: str) -> int:
+    number = db.scalar(select(func.count()).select_from(Entry)) + 1  # type: ignore[operator]
+    db.execute(text("SELECT pg_sleep(0.005)"))  # widen the window in which requests overlap
+    db.add(Entry(number=number, request=request_id))
+    db.flush()
+    return number
+
+
+flask_app = flask.Flask(__name__)
+
+
+@flask_app.post("/entries")
+def flask_entry() -> flask.typing.ResponseReturnValue:
+    return {"number": append(flask.request.get_json()["request"])}, 201
+
+
+report_flask_exceptions(flask_app)
+flask_app.wsgi_app = SessionMiddleware(flask_app.wsgi_app, db, retries=RETRIES)  # type: ignore[method-assign]
+
+bottle_app = bottle.Bottle()
+
+
+@bottle_app.post("/entries")
+def bottle_entry() -> dict[str, int]:
+    bottle.response.status = 201
+    return {"number": append(bottle.request.json["request"])}
+
+
+report_bottle_exceptions(bottle_app)
+bottle_wsgi = SessionMiddleware(bottle_app, db, retries=RETRIES)

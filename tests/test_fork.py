@@ -1,0 +1,101 @@
+"""Fork safety: a child process never uses a connection its parent opened.
+
+These tests fork the test process itself, the way ``gunicorn --preload``
+forks its workers from a master that already imported the application, and
+ask the database which connection (backend) the child is talking over. The
+gunicorn end of the story is in tests/server/test_gunicorn.py.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+import pytest
+from conftest import make_engine
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import scoped_session, sessionmaker
+
+from wsgi_sqla import SessionMiddleware, fork_safe
+
+SERVERS = pytest.mark.parametrize("db_name", ["postgresql", "mariadb"], indirect=True)
+
+
+@pytest.fixture
+def fresh(engine: Engine) -> Iterator[Engine]:
+    """An engine of its own, so that registering it for fork safety stays in this test."""
+    own = make_engine(engine.url.render_as_string(hide_password=False))
+    yield own
+    own.dispose()
+
+
+def backend(engine: Engine) -> int:
+    """The server-side id of the connection the pool hands out."""
+    query = (
+        "SELECT pg_backend_pid()"
+        if engine.dialect.name == "postgresql"
+        else "SELECT CONNECTION_ID()"
+    )
+    with engine.connect() as connection:
+        return int(connection.execute(text(query)).scalar_one())
+
+
+def in_child(work: Callable[[], int]) -> int:
+    """Run ``work`` in a forked child process and return its result."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, and leave without running any cleanup
+        code = 1
+        try:
+            os.write(write_end, str(work()).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        answer = reader.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, answer
+    return int(answer)
+
+
+@SERVERS
+def test_child_of_a_fork_safe_engine_opens_its_own_connection(fresh: Engine) -> None:
+    fork_safe(fresh)
+    parents = backend(fresh)
+    assert in_child(lambda: backend(fresh)) != parents
+    assert backend(fresh) == parents, "the parent lost its pooled connection"
+
+
+@SERVERS
+def test_child_of_an_unprotected_engine_would_share_the_parents_connection(
+    fresh: Engine,
+) -> None:
+    """The hazard fork_safe() removes; shows that the test above can fail."""
+    parents = backend(fresh)
+    assert in_child(lambda: backend(fresh)) == parents
+
+
+@SERVERS
+def test_session_middleware_makes_its_sessions_engines_fork_safe(fresh: Engine) -> None:
+    SessionMiddleware(lambda environ, start_response: [], scoped_session(sessionmaker(bind=fresh)))
+    parents = backend(fresh)
+    assert in_child(lambda: backend(fresh)) != parents
+
+
+@SERVERS
+def test_session_middleware_covers_engines_bound_per_model(fresh: Engine) -> None:
+    class Model:
+        pass
+
+    SessionMiddleware(
+        lambda environ, start_response: [],
+        scoped_session(sessionmaker(binds={Model: fresh})),
+    )
+    parents = backend(fresh)
+    assert in_child(lambda: backend(fresh)) != parents
+
+
+def test_fork_safe_refuses_what_is_not_an_engine() -> None:
+    with pytest.raises(TypeError, match=r"fork_safe\(\) needs a sqlalchemy.Engine, got .*str"):
+        fork_safe("postgresql://")  # type: ignore[arg-type]

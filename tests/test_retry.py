@@ -1,0 +1,699 @@
+"""Transient-error retry: which errors count, and how a request is run again.
+
+The errors that :func:`is_transient_error` must recognise are produced here
+by real PostgreSQL and MariaDB servers (a concurrent update under
+SERIALIZABLE, a deadlock, a lock wait that times out, ``NOWAIT``). The
+mechanics of running a request again (body replay, fresh environ, limits,
+backoff, the framework hooks) are driven in process on every database, with
+applications that raise a transient error on their first attempts; the
+real concurrent conflicts through gunicorn are in tests/server/.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import bottle
+import flask
+import psycopg.errors
+import pymysql.err
+import pytest
+from conftest import Models, Probe, make_engine
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.pool import NullPool
+
+import wsgi_sqla.retry
+from wsgi_sqla import (
+    SessionMiddleware,
+    after_commit,
+    is_transient_error,
+    report_bottle_exceptions,
+    report_exception,
+    report_flask_exceptions,
+)
+
+SERVERS = pytest.mark.parametrize("db_name", ["postgresql", "mariadb"], indirect=True)
+POSTGRESQL = pytest.mark.parametrize("db_name", ["postgresql"], indirect=True)
+MARIADB = pytest.mark.parametrize("db_name", ["mariadb"], indirect=True)
+
+
+# -- which errors are transient: real errors from real servers ---------------
+
+
+def insert_users(engine: Engine, *names: str) -> None:
+    with engine.begin() as connection:
+        for name in names:
+            connection.execute(text("INSERT INTO wsgi_sqla_users (name) VALUES (:n)"), {"n": name})
+
+
+@pytest.fixture
+def unpooled(engine: Engine) -> Iterator[Engine]:
+    """An engine whose connections are closed after use: session settings stay in the test."""
+    fresh = make_engine(engine.url.render_as_string(hide_password=False), poolclass=NullPool)
+    yield fresh
+    fresh.dispose()
+
+
+def deadlock(engine: Engine, setup: str | None = None) -> DBAPIError:
+    """Two transactions that each hold the row the other one wants; returns the loser's error."""
+    insert_users(engine, "one", "two")
+    lock = "SELECT id FROM wsgi_sqla_users WHERE name = :n FOR UPDATE"
+    errors: list[DBAPIError] = []
+
+    def wait_for_two(connection: Any) -> None:
+        try:
+            connection.execute(text(lock), {"n": "two"})
+        except DBAPIError as exc:
+            errors.append(exc)
+        finally:
+            connection.rollback()
+
+    with engine.connect() as a, engine.connect() as b:
+        for connection in (a, b):
+            if setup:
+                connection.execute(text(setup))
+        a.execute(text(lock), {"n": "one"})
+        b.execute(text(lock), {"n": "two"})
+        # Whichever of the two requests comes first, the second closes the cycle.
+        thread = threading.Thread(target=wait_for_two, args=(a,))
+        thread.start()
+        try:
+            b.execute(text(lock), {"n": "one"})
+        except DBAPIError as exc:
+            errors.append(exc)
+        b.rollback()
+        thread.join()
+    assert len(errors) == 1, errors
+    return errors[0]
+
+
+@POSTGRESQL
+def test_postgresql_serialization_failure_is_transient(engine: Engine, models: Models) -> None:
+    insert_users(engine, "ann")
+    with engine.connect() as a, engine.connect() as b:
+        a = a.execution_options(isolation_level="SERIALIZABLE")
+        a.execute(text("SELECT name FROM wsgi_sqla_users")).all()
+        with b.begin():
+            b.execute(text("UPDATE wsgi_sqla_users SET name = 'bob'"))
+        with pytest.raises(OperationalError) as caught:
+            a.execute(text("UPDATE wsgi_sqla_users SET name = 'cy'"))
+    assert caught.value.orig.sqlstate == "40001"  # type: ignore[union-attr]
+    assert is_transient_error(caught.value)
+
+
+@POSTGRESQL
+def test_postgresql_deadlock_is_transient(unpooled: Engine, models: Models) -> None:
+    error = deadlock(unpooled, "SET deadlock_timeout = '100ms'")
+    assert error.orig.sqlstate == "40P01"  # type: ignore[union-attr]
+    assert is_transient_error(error)
+
+
+@POSTGRESQL
+def test_postgresql_lock_not_available_is_transient(engine: Engine, models: Models) -> None:
+    insert_users(engine, "ann")
+    with engine.connect() as a, engine.connect() as b:
+        a.execute(text("SELECT id FROM wsgi_sqla_users FOR UPDATE"))
+        with pytest.raises(OperationalError) as caught:
+            b.execute(text("SELECT id FROM wsgi_sqla_users FOR UPDATE NOWAIT"))
+    assert caught.value.orig.sqlstate == "55P03"  # type: ignore[union-attr]
+    assert is_transient_error(caught.value)
+
+
+@MARIADB
+def test_mariadb_deadlock_is_transient(engine: Engine, models: Models) -> None:
+    error = deadlock(engine)
+    assert error.orig.args[0] == 1213  # type: ignore[union-attr]
+    assert is_transient_error(error)
+
+
+@MARIADB
+def test_mariadb_lock_wait_timeout_is_transient(unpooled: Engine, models: Models) -> None:
+    insert_users(unpooled, "ann")
+    with unpooled.connect() as a, unpooled.connect() as b:
+        b.execute(text("SET SESSION innodb_lock_wait_timeout = 1"))
+        a.execute(text("SELECT id FROM wsgi_sqla_users FOR UPDATE"))
+        with pytest.raises(OperationalError) as caught:
+            b.execute(text("SELECT id FROM wsgi_sqla_users FOR UPDATE"))
+    assert caught.value.orig.args[0] == 1205  # type: ignore[union-attr]
+    assert is_transient_error(caught.value)
+
+
+def test_integrity_error_is_not_transient(engine: Engine, models: Models) -> None:
+    insert_users(engine, "ann")
+    with pytest.raises(IntegrityError) as caught:
+        insert_users(engine, "ann")
+    assert not is_transient_error(caught.value)
+
+
+def test_error_with_a_transient_cause_is_transient() -> None:
+    class ViewFailed(Exception):
+        pass
+
+    try:
+        try:
+            raise serialization_failure()
+        except OperationalError as exc:
+            raise ViewFailed("could not book the seat") from exc
+    except ViewFailed as exc:
+        assert is_transient_error(exc)
+
+
+def test_errors_that_are_not_database_errors_are_not_transient() -> None:
+    assert not is_transient_error(RuntimeError("40001"))
+    assert not is_transient_error(OSError(1213, "not a database error"))
+    assert not is_transient_error(
+        OperationalError("SELECT 1", {}, psycopg.errors.AdminShutdown("terminated"))
+    )
+
+
+# -- running a request again ---------------------------------------------------
+
+
+def serialization_failure() -> OperationalError:
+    """The error psycopg raises for SQLSTATE 40001, wrapped as SQLAlchemy wraps it."""
+    return OperationalError(
+        "UPDATE ...", {}, psycopg.errors.SerializationFailure("could not serialize access")
+    )
+
+
+def mariadb_deadlock() -> OperationalError:
+    """The error PyMySQL raises for ER_LOCK_DEADLOCK, wrapped as SQLAlchemy wraps it."""
+    return OperationalError(
+        "UPDATE ...", {}, pymysql.err.OperationalError(1213, "Deadlock found when trying to ...")
+    )
+
+
+class Result:
+    def __init__(self) -> None:
+        self.status: str | None = None
+        self.body = b""
+        self.error: BaseException | None = None
+        self.start_responses = 0
+
+
+def call(
+    app: Any,
+    body: bytes = b"",
+    *,
+    method: str = "POST",
+    path: str = "/",
+    content_length: bool = True,
+    extra: dict[str, Any] | None = None,
+) -> Result:
+    """Drive ``app`` as a WSGI server would; an exception is recorded, not raised."""
+    result = Result()
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path,
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "80",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        **(extra or {}),
+    }
+    if content_length and body:
+        environ["CONTENT_LENGTH"] = str(len(body))
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        result.status = status
+        result.start_responses += 1
+        return lambda data: None
+
+    try:
+        iterable = app(environ, start_response)
+    except Exception as exc:
+        result.error = exc
+        return result
+    try:
+        for chunk in iterable:
+            result.body += chunk
+    except Exception as exc:
+        result.error = exc
+    finally:
+        getattr(iterable, "close", lambda: None)()
+    return result
+
+
+@pytest.fixture
+def delays(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The backoff delays the middleware slept, recorded instead of slept."""
+    slept: list[float] = []
+    monkeypatch.setattr(wsgi_sqla.retry, "_sleep", slept.append)
+    return slept
+
+
+def flaky(
+    models: Models, failures: int, error: Callable[[], BaseException] = serialization_failure
+) -> tuple[Any, list[dict[str, Any]]]:
+    """An app that saves a user named after its body and fails its first ``failures`` attempts."""
+    attempts: list[dict[str, Any]] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+        attempts.append({"body": body, "marked": "mark" in environ})
+        environ["mark"] = True
+        models.User(name=f"{body[:20].decode()}-{len(attempts)}").save()
+        if len(attempts) <= failures:
+            raise error()
+        start_response("201 Created", [("Content-Type", "text/plain")])
+        return [body]
+
+    return app, attempts
+
+
+def test_transient_error_reruns_the_request_until_it_succeeds(
+    session: Any, models: Models, probe: Probe, delays: list[float]
+) -> None:
+    app, attempts = flaky(models, failures=2)
+    result = call(SessionMiddleware(app, session, retries=3), b"ann")
+    assert result.status == "201 Created"
+    assert result.start_responses == 1
+    assert len(attempts) == 3
+    assert probe.names() == ["ann-3"], "a failed attempt's write was kept"
+    assert probe.checked_out() == 0
+
+
+def test_each_attempt_reads_the_whole_request_body(
+    session: Any, models: Models, delays: list[float]
+) -> None:
+    app, attempts = flaky(models, failures=2)
+    call(SessionMiddleware(app, session, retries=2), b"x" * 70_000)
+    assert [a["body"] for a in attempts] == [b"x" * 70_000] * 3
+
+
+def test_each_attempt_gets_a_fresh_copy_of_the_environ(
+    session: Any, models: Models, delays: list[float]
+) -> None:
+    app, attempts = flaky(models, failures=1)
+    call(SessionMiddleware(app, session, retries=1), b"ann")
+    assert [a["marked"] for a in attempts] == [False, False]
+
+
+def test_mariadb_deadlock_error_is_retried(
+    session: Any, models: Models, probe: Probe, delays: list[float]
+) -> None:
+    app, _attempts = flaky(models, failures=1, error=mariadb_deadlock)
+    assert call(SessionMiddleware(app, session, retries=1), b"ann").status == "201 Created"
+    assert probe.names() == ["ann-2"]
+
+
+def test_last_error_propagates_when_the_retries_are_used_up(
+    session: Any, models: Models, probe: Probe, delays: list[float]
+) -> None:
+    app, attempts = flaky(models, failures=10)
+    result = call(SessionMiddleware(app, session, retries=2), b"ann")
+    assert isinstance(result.error, OperationalError)
+    assert result.status is None
+    assert len(attempts) == 3
+    assert probe.names() == []
+    assert probe.checked_out() == 0
+
+
+def test_error_that_is_not_transient_is_not_retried(
+    session: Any, models: Models, probe: Probe, delays: list[float]
+) -> None:
+    app, attempts = flaky(models, failures=1, error=lambda: RuntimeError("bug"))
+    result = call(SessionMiddleware(app, session, retries=3), b"ann")
+    assert isinstance(result.error, RuntimeError)
+    assert len(attempts) == 1
+    assert probe.names() == []
+
+
+def test_retries_are_off_by_default(session: Any, models: Models, probe: Probe) -> None:
+    app, attempts = flaky(models, failures=1)
+    result = call(SessionMiddleware(app, session), b"ann")
+    assert isinstance(result.error, OperationalError)
+    assert len(attempts) == 1
+
+
+def test_without_retries_the_body_is_not_buffered(session: Any, models: Models) -> None:
+    received: list[Any] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        received.append(environ["wsgi.input"])
+        start_response("200 OK", [])
+        return [b""]
+
+    stream = io.BytesIO(b"ann")
+    call(SessionMiddleware(app, session), extra={"wsgi.input": stream, "CONTENT_LENGTH": "3"})
+    assert received == [stream]
+    assert stream.tell() == 0, "the middleware read the body"
+
+
+def test_custom_retry_if_decides_what_is_transient(
+    session: Any, models: Models, probe: Probe, delays: list[float]
+) -> None:
+    class Busy(Exception):
+        pass
+
+    app, _attempts = flaky(models, failures=1, error=Busy)
+    middleware = SessionMiddleware(
+        app, session, retries=1, retry_if=lambda exc: isinstance(exc, Busy)
+    )
+    assert call(middleware, b"ann").status == "201 Created"
+    assert probe.names() == ["ann-2"]
+
+
+def test_retry_if_that_raises_is_logged_and_the_original_error_propagates(
+    session: Any, models: Models, delays: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(exc: BaseException) -> bool:
+        raise ValueError("broken predicate")
+
+    app, attempts = flaky(models, failures=1)
+    result = call(SessionMiddleware(app, session, retries=3, retry_if=broken), b"ann")
+    assert isinstance(result.error, OperationalError)
+    assert len(attempts) == 1
+    assert "retry_if" in caplog.text and "broken predicate" in caplog.text
+
+
+def test_no_retry_once_the_response_was_handed_to_the_server(
+    session: Any, models: Models, probe: Probe, delays: list[float]
+) -> None:
+    attempts: list[int] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        attempts.append(1)
+        write = start_response("200 OK", [])
+        write(b"partial")
+        raise serialization_failure()
+
+    result = call(SessionMiddleware(app, session, retries=3), b"ann")
+    assert isinstance(result.error, OperationalError)
+    assert result.start_responses == 1
+    assert attempts == [1]
+
+
+def test_error_reported_after_the_response_started_changes_nothing(
+    session: Any, models: Models, probe: Probe, delays: list[float]
+) -> None:
+    attempts: list[int] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        attempts.append(1)
+        models.User(name="before").save()
+        write = start_response("200 OK", [])
+        write(b"partial")
+        models.User(name="after").save()
+        report_exception(environ, serialization_failure())
+        return [b""]
+
+    result = call(SessionMiddleware(app, session, retries=3), b"ann")
+    assert (result.status, result.error) == ("200 OK", None)
+    assert attempts == [1]
+    assert probe.names() == ["after", "before"]
+
+
+def test_error_while_streaming_is_not_retried(
+    session: Any, models: Models, probe: Probe, delays: list[float]
+) -> None:
+    attempts: list[int] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        attempts.append(1)
+        start_response("200 OK", [])
+        yield b"first"
+        raise serialization_failure()
+
+    result = call(SessionMiddleware(app, session, retries=3), b"ann")
+    assert isinstance(result.error, OperationalError)
+    assert result.body == b"first"
+    assert attempts == [1]
+
+
+def test_lazy_generator_app_failing_before_its_status_is_retried(
+    session: Any, models: Models, probe: Probe, delays: list[float]
+) -> None:
+    attempts: list[int] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        attempts.append(1)
+        models.User(name=f"ann-{len(attempts)}").save()
+        if len(attempts) == 1:
+            raise serialization_failure()
+        start_response("200 OK", [])
+        yield b"done"
+
+    result = call(SessionMiddleware(app, session, retries=1))
+    assert (result.status, result.body) == ("200 OK", b"done")
+    assert probe.names() == ["ann-2"]
+
+
+@POSTGRESQL
+def test_serialization_failure_at_commit_is_retried(
+    session: Any, engine: Engine, models: Models, probe: Probe, delays: list[float]
+) -> None:
+    """Write skew: both transactions read what the other writes; the second COMMIT fails."""
+    attempts: list[int] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        attempts.append(1)
+        session.connection(execution_options={"isolation_level": "SERIALIZABLE"})
+        session.execute(text("SELECT count(*) FROM wsgi_sqla_users")).scalar_one()
+        models.User(name=f"ann-{len(attempts)}").save()
+        if len(attempts) == 1:
+            with engine.connect() as other:
+                other = other.execution_options(isolation_level="SERIALIZABLE")
+                other.execute(text("SELECT count(*) FROM wsgi_sqla_users")).scalar_one()
+                other.execute(text("INSERT INTO wsgi_sqla_users (name) VALUES ('bob')"))
+                other.commit()
+        start_response("201 Created", [])
+        return [b"created"]
+
+    failed: list[BaseException] = []
+
+    def transient(exc: BaseException) -> bool:
+        failed.append(exc)
+        return is_transient_error(exc)
+
+    result = call(SessionMiddleware(app, session, retries=1, retry_if=transient))
+    assert result.status == "201 Created"
+    assert len(attempts) == 2
+    assert len(failed) == 1
+    assert failed[0].orig.sqlstate == "40001"  # type: ignore[attr-defined]
+    assert probe.names() == ["ann-2", "bob"]
+
+
+def test_body_larger_than_the_limit_is_not_retried(
+    session: Any, models: Models, delays: list[float]
+) -> None:
+    app, attempts = flaky(models, failures=1)
+    middleware = SessionMiddleware(app, session, retries=3, retry_body_limit=10)
+    assert call(middleware, b"x" * 10).status == "201 Created"
+    attempts.clear()
+    result = call(middleware, b"x" * 11)
+    assert isinstance(result.error, OperationalError)
+    assert len(attempts) == 1
+
+
+def test_body_of_unknown_length_is_not_retried(
+    session: Any, models: Models, delays: list[float]
+) -> None:
+    app, attempts = flaky(models, failures=1)
+    middleware = SessionMiddleware(app, session, retries=3)
+    result = call(
+        middleware,
+        b"ann",
+        content_length=False,
+        extra={"HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": True},
+    )
+    assert isinstance(result.error, OperationalError)
+    assert len(attempts) == 1
+
+
+def test_request_without_a_body_is_retried(
+    session: Any, models: Models, probe: Probe, delays: list[float]
+) -> None:
+    app, attempts = flaky(models, failures=1)
+    assert call(SessionMiddleware(app, session, retries=1), method="GET").status == "201 Created"
+    assert [a["body"] for a in attempts] == [b"", b""]
+
+
+def test_backoff_doubles_and_is_jittered(session: Any, models: Models, delays: list[float]) -> None:
+    app, _attempts = flaky(models, failures=4)
+    call(SessionMiddleware(app, session, retries=4, retry_backoff=0.1), b"ann")
+    assert len(delays) == 4
+    for number, delay in enumerate(delays):
+        base = 0.1 * 2**number
+        assert 0.5 * base <= delay <= 1.5 * base, (number, delay)
+    ratios = {round(delay / (0.1 * 2**number), 9) for number, delay in enumerate(delays)}
+    assert len(ratios) > 1, "no jitter"
+
+
+def test_backoff_is_capped_at_one_second(session: Any, models: Models) -> None:
+    policy = SessionMiddleware(lambda e, s: [], session, retries=1, retry_backoff=5).retry
+    assert policy is not None
+    assert all(policy.delay(8) <= 1.5 for _ in range(100))
+
+
+def test_after_commit_hooks_of_failed_attempts_never_run(
+    session: Any, models: Models, delays: list[float]
+) -> None:
+    ran: list[int] = []
+    attempts: list[int] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        attempts.append(1)
+        after_commit(ran.append, len(attempts))
+        models.User(name="ann").save()
+        if len(attempts) < 3:
+            raise serialization_failure()
+        start_response("200 OK", [])
+        return [b""]
+
+    call(SessionMiddleware(app, session, retries=3), b"ann")
+    assert ran == [3]
+
+
+def test_each_retry_is_logged_as_a_warning(
+    session: Any, models: Models, delays: list[float], caplog: pytest.LogCaptureFixture
+) -> None:
+    app, _attempts = flaky(models, failures=2)
+    with caplog.at_level(logging.WARNING, logger="wsgi_sqla"):
+        call(SessionMiddleware(app, session, retries=3), b"ann")
+    retries = [r for r in caplog.records if "transient" in r.getMessage()]
+    assert [r.levelno for r in retries] == [logging.WARNING] * 2
+    assert "attempt 1 of 4" in retries[0].getMessage()
+    assert "OperationalError" in retries[0].getMessage()
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "named"),
+    [
+        ("retries", -1, "retries must be an int >= 0"),
+        ("retries", 1.5, "retries must be an int >= 0"),
+        ("retries", True, "retries must be an int >= 0"),
+        ("retry_if", "40001", "retry_if must be a callable"),
+        ("retry_body_limit", -1, "retry_body_limit must be an int >= 0"),
+        ("retry_body_limit", None, "retry_body_limit must be an int >= 0"),
+        ("retry_backoff", -0.1, "retry_backoff must be a number of seconds >= 0"),
+        ("retry_backoff", "1s", "retry_backoff must be a number of seconds >= 0"),
+    ],
+)
+def test_bad_retry_keyword_is_refused_naming_it(
+    session: Any, keyword: str, value: Any, named: str
+) -> None:
+    with pytest.raises(TypeError, match=named):
+        SessionMiddleware(lambda e, s: [], session, **{"retries": 1, keyword: value})
+
+
+def test_report_exception_outside_a_retrying_middleware_does_nothing() -> None:
+    report_exception({}, serialization_failure())
+
+
+# -- through the frameworks, which turn view exceptions into a 500 -----------------
+
+
+def flask_app(models: Models, failures: int, hook: bool) -> tuple[Any, list[int]]:
+    app = flask.Flask("retry_through_flask")
+    attempts: list[int] = []
+
+    @app.post("/users")
+    def create() -> Any:
+        attempts.append(1)
+        models.User(name=flask.request.get_json()["name"]).save()
+        if len(attempts) <= failures:
+            raise serialization_failure()
+        return {"attempts": len(attempts)}, 201
+
+    if hook:
+        report_flask_exceptions(app)
+    return app, attempts
+
+
+def bottle_app(models: Models, failures: int, hook: bool) -> tuple[Any, list[int]]:
+    app = bottle.Bottle()
+    attempts: list[int] = []
+
+    @app.post("/users")
+    def create() -> Any:
+        attempts.append(1)
+        models.User(name=bottle.request.json["name"]).save()
+        if len(attempts) <= failures:
+            raise serialization_failure()
+        bottle.response.status = 201
+        return {"attempts": len(attempts)}
+
+    if hook:
+        report_bottle_exceptions(app)
+    return app, attempts
+
+
+FRAMEWORKS = pytest.mark.parametrize("framework", [flask_app, bottle_app], ids=["flask", "bottle"])
+
+
+def post_json(app: Any, name: str) -> Result:
+    body = json.dumps({"name": name}).encode()
+    return call(app, body, path="/users", extra={"CONTENT_TYPE": "application/json"})
+
+
+@FRAMEWORKS
+def test_framework_hook_hands_the_view_error_to_the_middleware_for_a_retry(
+    framework: Any, session: Any, models: Models, probe: Probe, delays: list[float]
+) -> None:
+    app, _attempts = framework(models, failures=2, hook=True)
+    result = post_json(SessionMiddleware(app, session, retries=3), "ann")
+    assert result.status is not None and result.status.startswith("201"), result.body
+    assert result.start_responses == 1
+    assert json.loads(result.body) == {"attempts": 3}
+    assert probe.names() == ["ann"]
+    assert probe.checked_out() == 0
+
+
+@FRAMEWORKS
+def test_without_the_hook_the_framework_answers_500_once(
+    framework: Any, session: Any, models: Models, probe: Probe, delays: list[float]
+) -> None:
+    app, attempts = framework(models, failures=1, hook=False)
+    result = post_json(SessionMiddleware(app, session, retries=3), "ann")
+    assert result.status is not None and result.status.startswith("500")
+    assert len(attempts) == 1
+    assert probe.names() == []
+
+
+@FRAMEWORKS
+def test_framework_500_goes_out_when_the_retries_are_used_up(
+    framework: Any, session: Any, models: Models, probe: Probe, delays: list[float]
+) -> None:
+    app, attempts = framework(models, failures=10, hook=True)
+    result = post_json(SessionMiddleware(app, session, retries=2), "ann")
+    assert result.status is not None and result.status.startswith("500")
+    assert result.start_responses == 1
+    assert len(attempts) == 3
+    assert probe.names() == []
+    assert probe.checked_out() == 0
+
+
+@FRAMEWORKS
+def test_reported_error_rolls_back_even_when_the_veto_would_commit(
+    framework: Any, session: Any, models: Models, probe: Probe, delays: list[float]
+) -> None:
+    app, attempts = framework(models, failures=1, hook=True)
+    middleware = SessionMiddleware(
+        app, session, retries=1, commit_veto=lambda environ, status, headers: False
+    )
+    assert post_json(middleware, "ann").status.startswith("201")  # type: ignore[union-attr]
+    assert len(attempts) == 2
+    assert probe.names() == ["ann"]
+
+
+@FRAMEWORKS
+def test_framework_hook_ignores_errors_that_are_not_transient(
+    framework: Any, session: Any, models: Models, probe: Probe, delays: list[float]
+) -> None:
+    app, attempts = framework(models, failures=0, hook=True)
+    ok = SessionMiddleware(app, session, retries=3, retry_if=lambda exc: False)
+    assert post_json(ok, "ann").status.startswith("201")  # type: ignore[union-attr]
+    app, attempts = framework(models, failures=1, hook=True)
+    failing = SessionMiddleware(app, session, retries=3, retry_if=lambda exc: False)
+    assert post_json(failing, "bob").status.startswith("500")  # type: ignore[union-attr]
+    assert len(attempts) == 1
+    assert probe.names() == ["ann"]
