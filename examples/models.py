@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from sqlalchemy import String, create_engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -40,4 +41,14 @@ class User(Base):
         return {"id": self.id, "name": self.name}
 
 
-Base.metadata.create_all(engine)
+def _create_tables() -> None:
+    try:
+        Base.metadata.create_all(engine)
+    except DBAPIError:
+        # Several gunicorn workers import this at once; one may have created the
+        # table between our check and our CREATE. Checking again settles it, and
+        # any other failure raises again.
+        Base.metadata.create_all(engine)
+
+
+_create_tables()
