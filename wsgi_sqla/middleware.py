@@ -35,7 +35,7 @@ from sqlalchemy.orm import scoped_session
 
 from .fork import _dispose_in_children
 from .retry import DEFAULT_RETRY_BODY_LIMIT, RetryPolicy, is_transient_error, retry_policy
-from .unit import UnitOfWork, _check_sessions
+from .unit import UnitOfWork, _check_sessions, _current
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -191,13 +191,19 @@ class _Response(UnitOfWork):
     # -- running the application -------------------------------------------
 
     def run(self) -> Iterable[bytes]:
-        token = self.activate()
+        token = _current.set(self)
         try:
             try:
                 self._app_iter = app_iter = self._middleware.app(
                     self._environ, self._start_response
                 )
-                self._iterator = _iterate(app_iter)
+                try:
+                    self._iterator = iter(app_iter)
+                except TypeError:
+                    raise TypeError(
+                        f"the WSGI application returned {type(app_iter).__qualname__!r}, which "
+                        "is not iterable; it must return an iterable of bytes (PEP 3333)"
+                    ) from None
                 # A list or tuple runs no application code while it is iterated.
                 self._plain = type(app_iter) in (list, tuple)
                 if self._status is None:
@@ -216,7 +222,7 @@ class _Response(UnitOfWork):
                 self._abort()
                 raise
         finally:
-            self.deactivate(token)
+            _current.reset(token)
         return self
 
     def _start_response(
@@ -270,10 +276,16 @@ class _Response(UnitOfWork):
                 )
                 raise
             self._committed = True
-            logger.debug("committed %s (%s): %s", self._environ.get("PATH_INFO"), reason, status)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "committed %s (%s): %s", self._environ.get("PATH_INFO"), reason, status
+                )
         else:
             self.rollback()
-            logger.debug("rolled back %s (%s): %s", self._environ.get("PATH_INFO"), reason, status)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "rolled back %s (%s): %s", self._environ.get("PATH_INFO"), reason, status
+                )
         exc_info, self._exc_info = self._exc_info, None
         self._server_write = self._server_start_response(status, self._headers, exc_info)
 
@@ -304,21 +316,21 @@ class _Response(UnitOfWork):
             except StopIteration:
                 self._finished = True
                 raise
-        token = self.activate()
+        token = _current.set(self)
         try:
             return next(iterator)
         except StopIteration:
             self._finished = True
             raise
         finally:
-            self.deactivate(token)
+            _current.reset(token)
 
     def close(self) -> None:
         """Close the application's iterable once, settle later work, remove the sessions."""
         if self._closed:
             return
         self._closed = True
-        token = self.activate()
+        token = _current.set(self)
         try:
             try:
                 close = getattr(self._app_iter, "close", None)
@@ -330,10 +342,12 @@ class _Response(UnitOfWork):
             finally:
                 self._settle()
         finally:
-            self.deactivate(token)
+            _current.reset(token)
 
     def _settle(self) -> None:
         """Commit work done while streaming if the response committed, else roll back."""
+        if self.idle():
+            return
         try:
             if self._committed and self._finished and self.outcome is not False:
                 try:
@@ -347,13 +361,3 @@ class _Response(UnitOfWork):
                 self.rollback()
         finally:
             self.end()
-
-
-def _iterate(app_iter: Iterable[bytes]) -> Iterator[bytes]:
-    try:
-        return iter(app_iter)
-    except TypeError:
-        raise TypeError(
-            f"the WSGI application returned {type(app_iter).__qualname__!r}, which is not "
-            "iterable; it must return an iterable of bytes (PEP 3333)"
-        ) from None

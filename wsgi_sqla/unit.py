@@ -146,6 +146,15 @@ class UnitOfWork:
                 self._rollback_one(scoped)
                 self._remove_one(scoped)
 
+    def idle(self) -> bool:
+        """``True`` when no session is live and no hook is waiting: nothing to end."""
+        if self._pending_hooks or self._ready_hooks:
+            return False
+        for scoped in self.sessions:  # noqa: SIM110 - a loop; any() pays for a generator
+            if _is_live(scoped):
+                return False
+        return True
+
     def commit(self) -> None:
         """Flush, then commit, every live session; on failure roll all back and re-raise.
 
@@ -155,6 +164,8 @@ class UnitOfWork:
         the failure is logged naming both.
         """
         live = [scoped.registry() for scoped in self.sessions if _is_live(scoped)]
+        if not live and not self._pending_hooks:
+            return
         committed = 0
         try:
             if len(live) > 1:
