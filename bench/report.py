@@ -188,6 +188,59 @@ def markdown(run: Run) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _csv(cells: Sequence[str]) -> str:
+    return ", ".join(f'"{cell}"' for cell in cells)
+
+
+def rst(run: Run) -> str:
+    """The results as reStructuredText, for the README's Benchmarks section."""
+    lines = [
+        f"Measured {run.date} by ``python -m bench{' --quick' if run.mode == 'quick' else ''}``"
+        f" ({run.mode} mode) on {'; '.join(run.machine)}.",
+        "",
+        f"Versions: {'; '.join(run.versions)}.",
+        "",
+    ]
+    if run.overhead is not None:
+        bare, wrapped = run.overhead.values()
+        lines += [
+            f"``SessionMiddleware`` alone, around a bare WSGI app that never touches the "
+            f"database: {bare.median_us:.2f} µs bare, {wrapped.median_us:.2f} µs wrapped, "
+            f"so it adds {wrapped.excess_over_us(bare):.2f} µs.",
+            "",
+        ]
+    for db in run.databases:
+        e2e = db.end_to_end
+        header = ["request", "system", "median µs", "vs lower bound", "stmts", "checkouts"]
+        if e2e is not None:
+            header += ["req/s (gunicorn)", "rounds' range", "req/s vs lower bound"]
+        lines += [f".. csv-table:: {db.name} ({db.server})", f"   :header: {_csv(header)}", ""]
+        for request in REQUESTS:
+            for system in run.systems:
+                timing = db.timings[request.label, system]
+                trips = db.trips[request.label, system]
+                row = [
+                    request.label,
+                    system,
+                    f"{timing.median_us:.1f}",
+                    f"{db.ratio(request.label, system):.3f}",
+                    _count(trips["statements"]),
+                    _count(trips["checkouts"]),
+                ]
+                if e2e is not None:
+                    point = e2e[request.label, system]
+                    row += [
+                        f"{point.median:.0f}",
+                        f"{min(point.rates):.0f}-{max(point.rates):.0f}",
+                        f"{point.ratio_to(e2e[request.label, LOWER_BOUND]):.3f}",
+                    ]
+                lines.append(f"   {_csv(row)}")
+        lines += ["", f"Targets for wsgi_sqla on {db.name}:", ""]
+        lines += [f"* {target}" for target in targets(db, run.systems)]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def plot(run: Run, path: Path) -> None:
     """Bar charts: in-process median (with quartiles) and end-to-end req/s, per database."""
     import matplotlib

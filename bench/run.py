@@ -91,7 +91,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--output-dir",
         type=Path,
         default=HERE,
-        help="where results.md and results.png go (default: %(default)s)",
+        help="where results.md, results.rst and results.png go (default: %(default)s)",
     )
     parser.add_argument(
         "--profile",
@@ -360,6 +360,7 @@ def main(argv: list[str] | None = None) -> None:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     text = report.markdown(run)
     (args.output_dir / "results.md").write_text(text)
+    (args.output_dir / "results.rst").write_text(report.rst(run))
     report.plot(run, args.output_dir / "results.png")
     print(text)
-    print(f"wrote {args.output_dir / 'results.md'} and {args.output_dir / 'results.png'}")
+    print(f"wrote results.md, results.rst (for the README) and results.png in {args.output_dir}")
