@@ -49,6 +49,7 @@ TROUBLE = re.compile(
     r"WORKER TIMEOUT|was sent SIG(?!TERM)|exited with code|Worker failed to boot"
     r"|App failed to load|Shutting down|StaleSessionWarning"
 )
+READY = re.compile(r"wsgi_sqla tests: worker (\d+) is ready")
 
 
 @dataclass
@@ -123,13 +124,18 @@ class Gunicorn:
         self.fail(f"gunicorn did not listen within {timeout} s")
 
     def wait_for_workers(self, count: int, timeout: float = 30) -> None:
-        """Wait until the master has forked ``count`` workers (gunicorn listens first)."""
+        """Wait until ``count`` live workers have loaded the application and can serve."""
         deadline = time.monotonic() + timeout
-        while len(self.workers()) < count:
+        while len(self.ready_workers()) < count:
             if time.monotonic() > deadline:
-                self.fail(f"gunicorn did not start {count} workers within {timeout} s")
+                self.fail(f"gunicorn did not get {count} workers ready within {timeout} s")
             self.check()
             time.sleep(0.05)
+
+    def ready_workers(self) -> set[int]:
+        """Live workers that said they are ready (see ready_conf.py)."""
+        said = {int(pid) for pid in READY.findall(self.log.read_text())}
+        return said & set(self.workers())
 
     def fail(self, message: str) -> None:
         pytest.fail(f"{message}\n--- gunicorn log ({self.app}) ---\n{self.tail()}", pytrace=False)
@@ -236,8 +242,8 @@ def servers(log_dir: Path) -> Iterator[Serve]:
             args += ["--threads", str(threads)]
         if preload:
             args.append("--preload")
-        if config:  # a file next to this one
-            args += ["--config", str(HERE / config)]
+        # A file next to this one; each of them says when a worker is ready.
+        args += ["--config", str(HERE / (config or "ready_conf.py"))]
         server = Gunicorn(
             app,
             args,

@@ -7,6 +7,13 @@ locks) would be real thread primitives, shared by every greenlet of a
 worker. Patching here, before anything else is imported, avoids that.
 """
 
+from typing import Any
+
 from gevent import monkey
 
 monkey.patch_all()
+
+
+def post_worker_init(worker: Any) -> None:
+    # As in ready_conf.py: gunicorn takes one configuration file.
+    worker.log.info("wsgi_sqla tests: worker %d is ready", worker.pid)
