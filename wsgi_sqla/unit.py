@@ -68,7 +68,7 @@ def _is_live(scoped: scoped_session[Any]) -> bool:
 
     Same answer as ``scoped.registry.has()``, which for the default
     thread-local registry costs a raised and caught AttributeError on every
-    miss; a request that never touches the database asks this four times
+    miss; a request that never touches the database asks this several times
     per session, so the common case reads the thread's dict directly.
     """
     registry = scoped.registry
@@ -113,15 +113,6 @@ class UnitOfWork:
         self._ready_hooks: list[_Hook] | None = None
 
     # -- the running unit -------------------------------------------------
-
-    def activate(self) -> contextvars.Token[UnitOfWork | None]:
-        """Make this the running unit until :meth:`deactivate` with the token."""
-        return _current.set(self)
-
-    @staticmethod
-    def deactivate(token: contextvars.Token[UnitOfWork | None]) -> None:
-        """Restore the unit that was running before :meth:`activate`."""
-        _current.reset(token)
 
     def join(self, sessions: tuple[scoped_session[Any], ...]) -> None:
         """Make this unit also responsible for ``sessions`` (nested blocks)."""
@@ -239,7 +230,7 @@ class UnitOfWork:
         The exception propagates unchanged; :func:`force_rollback` inside the
         block rolls back without one. The sessions are removed in every case.
         """
-        token = self.activate()
+        token = _current.set(self)
         try:
             try:
                 yield self
