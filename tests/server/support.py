@@ -1,13 +1,15 @@
 """Real servers for the end-to-end tests: gunicorn subprocesses and a TCP proxy.
 
-:func:`gunicorn` starts ``gunicorn`` on an ephemeral port of 127.0.0.1 (it
+Imported explicitly (``from .support import ...``); the fixtures are in conftest.py.
+
+:func:`servers` starts ``gunicorn`` on an ephemeral port of 127.0.0.1 (it
 binds port 0 and the port is read from its log, so two test runs never race
-for a port), waits until it listens, and stops it when the test ends, passed
-or failed. A server that dies, a worker that crashes, times out or is
-killed, or a request that leaves its session behind (the middleware's
-``StaleSessionWarning``) fails the test with the server's log. The
-master is started with a parent-death signal, so even a test run that is
-killed outright leaves no server behind.
+for a port), waits until it listens, and stops it when the block (for the
+``gunicorn`` fixture, the test) ends, passed or failed. A server that dies,
+a worker that crashes, times out or is killed, or a request that leaves
+its session behind (the middleware's ``StaleSessionWarning``) fails the
+test with the server's log. The master is started with a parent-death
+signal, so even a test run that is killed outright leaves no server behind.
 
 :class:`TcpProxy` stands between an application and its database, so a test
 can make the database unreachable and bring it back without touching the
@@ -261,20 +263,6 @@ def servers(log_dir: Path) -> Iterator[Serve]:
         problems = [p for server in started for p in server.stop()]
         if problems:
             pytest.fail("\n\n".join(problems), pytrace=False)
-
-
-@pytest.fixture
-def gunicorn(tmp_path: Path) -> Iterator[Serve]:
-    """``gunicorn(app, database=url, worker_class=..., ...)`` starts a server for this test."""
-    with servers(tmp_path) as serve:
-        yield serve
-
-
-@pytest.fixture(scope="module")
-def module_gunicorn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
-    """Like :func:`gunicorn`, for servers shared by the tests of a module."""
-    with servers(tmp_path_factory.mktemp("gunicorn")) as serve:
-        yield serve
 
 
 def open_transactions(engine: Engine, application_name: str) -> list[tuple[object, ...]]:

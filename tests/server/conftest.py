@@ -1,0 +1,17 @@
+"""Fixtures of the end-to-end tests; the helpers they use are in support.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .support import Serve, servers
+
+
+@pytest.fixture
+def gunicorn(tmp_path: Path) -> Iterator[Serve]:
+    """``gunicorn(app, database=url, worker_class=..., ...)`` starts a server for this test."""
+    with servers(tmp_path) as serve:
+        yield serve
