@@ -232,9 +232,11 @@ class RoundTrips:
       rolled back on the engine's connections (a driver may send BEGIN lazily
       with the first statement, but there is one per transaction either way);
     * ``checkouts``: connections taken from the pool;
-    * ``resets``: connections the pool had to roll back on return because
-      their transaction was still open (a real ROLLBACK on drivers that send
-      one unconditionally, such as PyMySQL).
+    * ``resets``: connections the pool reset on their return to it (its
+      ``reset_on_return`` rollback: a real ROLLBACK on drivers that send one
+      unconditionally, such as PyMySQL); not counted when closing the
+      :class:`~sqlalchemy.Connection` had already rolled back an open
+      transaction.
     """
 
     statements: int = 0
