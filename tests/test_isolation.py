@@ -18,6 +18,7 @@ import webtest
 from sqlalchemy import Engine, create_engine, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
+from support import Boom
 
 from wsgi_sqla import (
     SessionMiddleware,
@@ -27,10 +28,6 @@ from wsgi_sqla import (
     reset_schema,
     transaction,
 )
-
-
-class Boom(Exception):
-    """Raised by the code under test; nothing else raises it."""
 
 
 def users_app(session: Any, models: Any) -> webtest.TestApp:
