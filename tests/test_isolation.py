@@ -50,19 +50,9 @@ def users_app(session: Any, models: Any) -> webtest.TestApp:
 # -- what the code under test sees -------------------------------------------------
 
 
-def test_requests_commit_into_savepoints_visible_to_later_requests(
+def test_requests_commit_into_savepoints_and_a_rolled_back_one_undoes_only_its_own(
     session: Any, models: Any
 ) -> None:
-    client = users_app(session, models)
-
-    with isolated(session):
-        client.post("/?name=ann", status=201)
-        client.post("/?name=bob", status=201)
-
-        assert client.get("/").text == "ann,bob"
-
-
-def test_a_rolled_back_request_undoes_only_its_own_savepoint(session: Any, models: Any) -> None:
     client = users_app(session, models)
 
     with isolated(session):
