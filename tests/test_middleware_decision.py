@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 import webtest
-from support import STYLES, FakeServer, Models, Probe, Style, answering, saving
+from support import STYLES, FakeServer, Models, Probe, Style, answering, saving, serve
 
 from wsgi_sqla import SessionMiddleware, force_commit, force_rollback
 
 
 @pytest.mark.parametrize("status", ["200 OK", "201 Created", "204 No Content", "302 Found"])
 def test_status_below_400_commits(session: Any, models: Models, probe: Probe, status: str) -> None:
-    webtest.TestApp(SessionMiddleware(saving(models, status), session)).get("/", status="*")
+    assert serve(SessionMiddleware(saving(models, status), session)).status == status
     assert probe.names() == ["ann"]
 
 
@@ -28,7 +28,7 @@ def test_status_below_400_commits(session: Any, models: Models, probe: Probe, st
 def test_status_400_and_above_rolls_back(
     session: Any, models: Models, probe: Probe, status: str
 ) -> None:
-    webtest.TestApp(SessionMiddleware(saving(models, status), session)).get("/", status="*")
+    assert serve(SessionMiddleware(saving(models, status), session)).status == status
     assert probe.names() == []
 
 
