@@ -93,6 +93,18 @@ def deadlock(engine: Engine, setup: str | None = None) -> DBAPIError:
     return errors[0]
 
 
+def lock_conflict(engine: Engine, wanting: str, setup: str | None = None) -> OperationalError:
+    """One connection locks the users; the error the other gets running ``wanting``."""
+    insert_users(engine, "ann")
+    with engine.connect() as holder, engine.connect() as waiter:
+        if setup:
+            waiter.execute(text(setup))
+        holder.execute(text("SELECT id FROM wsgi_sqla_users FOR UPDATE"))
+        with pytest.raises(OperationalError) as caught:
+            waiter.execute(text(wanting))
+    return caught.value
+
+
 @POSTGRESQL
 def test_postgresql_serialization_failure_is_transient(engine: Engine, models: Models) -> None:
     insert_users(engine, "ann")
@@ -116,13 +128,9 @@ def test_postgresql_deadlock_is_transient(unpooled: Engine, models: Models) -> N
 
 @POSTGRESQL
 def test_postgresql_lock_not_available_is_transient(engine: Engine, models: Models) -> None:
-    insert_users(engine, "ann")
-    with engine.connect() as a, engine.connect() as b:
-        a.execute(text("SELECT id FROM wsgi_sqla_users FOR UPDATE"))
-        with pytest.raises(OperationalError) as caught:
-            b.execute(text("SELECT id FROM wsgi_sqla_users FOR UPDATE NOWAIT"))
-    assert caught.value.orig.sqlstate == "55P03"  # type: ignore[union-attr]
-    assert is_transient_error(caught.value)
+    error = lock_conflict(engine, "SELECT id FROM wsgi_sqla_users FOR UPDATE NOWAIT")
+    assert error.orig.sqlstate == "55P03"  # type: ignore[union-attr]
+    assert is_transient_error(error)
 
 
 @MARIADB
@@ -134,14 +142,13 @@ def test_mariadb_deadlock_is_transient(engine: Engine, models: Models) -> None:
 
 @MARIADB
 def test_mariadb_lock_wait_timeout_is_transient(unpooled: Engine, models: Models) -> None:
-    insert_users(unpooled, "ann")
-    with unpooled.connect() as a, unpooled.connect() as b:
-        b.execute(text("SET SESSION innodb_lock_wait_timeout = 1"))
-        a.execute(text("SELECT id FROM wsgi_sqla_users FOR UPDATE"))
-        with pytest.raises(OperationalError) as caught:
-            b.execute(text("SELECT id FROM wsgi_sqla_users FOR UPDATE"))
-    assert caught.value.orig.args[0] == 1205  # type: ignore[union-attr]
-    assert is_transient_error(caught.value)
+    error = lock_conflict(
+        unpooled,
+        "SELECT id FROM wsgi_sqla_users FOR UPDATE",
+        setup="SET SESSION innodb_lock_wait_timeout = 1",
+    )
+    assert error.orig.args[0] == 1205  # type: ignore[union-attr]
+    assert is_transient_error(error)
 
 
 def test_integrity_error_is_not_transient(engine: Engine, models: Models) -> None:
