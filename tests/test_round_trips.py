@@ -22,8 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, insert
-from support import serve
+from sqlalchemy import Engine, insert, text
+from support import Boom, serve
 
 from wsgi_sqla import SessionMiddleware
 from wsgi_sqla.testing import RoundTrips, count_round_trips
@@ -125,3 +125,19 @@ def test_vetoed_request_that_never_touches_the_database_costs_no_round_trip(
     assert ours == RoundTrips()
     assert not session.registry.has()
     assert probe.checked_out() == 0
+
+
+def test_round_trip_counter_counts_only_while_its_block_runs(engine: Engine) -> None:
+    def one_transaction() -> None:
+        with engine.begin() as connection:
+            connection.execute(text("SELECT 1"))
+
+    one_transaction()  # the dialect's first-connect queries are not counted below
+    with count_round_trips(engine) as counts:
+        one_transaction()
+    with pytest.raises(Boom), count_round_trips(engine) as failed:
+        raise Boom
+    one_transaction()
+
+    assert counts == RoundTrips(statements=1, begin=1, commit=1, checkouts=1, resets=1)
+    assert failed == RoundTrips(), "a block that raised left its listeners behind"
