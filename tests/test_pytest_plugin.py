@@ -57,9 +57,15 @@ def users(request):
 CONFTEST = """
 import pytest
 import webtest
-from users_app import db, users
+from users_app import db, engine, users
 
 from wsgi_sqla import SessionMiddleware
+
+
+@pytest.fixture(scope="session", autouse=True)
+def close_the_connections():
+    yield
+    engine.dispose()
 
 
 @pytest.fixture
