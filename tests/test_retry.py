@@ -574,7 +574,7 @@ def test_each_retry_is_logged_as_a_warning(
             "retry_backoff",
             float("nan"),
             ValueError,
-            "retry_backoff must be a finite",
+            "retry_backoff must be a fin",
             id="backoff-nan",
         ),
         pytest.param(
