@@ -24,8 +24,7 @@ from sqlalchemy.orm import (
     sessionmaker,
 )
 
-from wsgi_sqla import ActiveRecordMixin
-from wsgi_sqla._pooling import transaction_pooled
+from wsgi_sqla import ActiveRecordMixin, transaction_pooled
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "sqlite:///wsgi_sqla_example.sqlite3")
 DATABASE_POOLING = os.environ.get("DATABASE_POOLING", "")

@@ -31,8 +31,12 @@ from sqlalchemy.orm import (
     sessionmaker,
 )
 
-from wsgi_sqla import SessionMiddleware, report_bottle_exceptions, report_flask_exceptions
-from wsgi_sqla._pooling import transaction_pooled
+from wsgi_sqla import (
+    SessionMiddleware,
+    report_bottle_exceptions,
+    report_flask_exceptions,
+    transaction_pooled,
+)
 
 RETRIES = int(os.environ.get("RETRIES", "20"))
 engine = create_engine(os.environ["DATABASE_URL"], isolation_level="SERIALIZABLE")

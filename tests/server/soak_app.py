@@ -59,8 +59,7 @@ from sqlalchemy.orm import (
     sessionmaker,
 )
 
-from wsgi_sqla import SessionMiddleware
-from wsgi_sqla._pooling import transaction_pooled
+from wsgi_sqla import SessionMiddleware, transaction_pooled
 
 DATABASE_URL = os.environ["DATABASE_URL"]
 RETRIES = int(os.environ.get("SOAK_RETRIES", "0"))

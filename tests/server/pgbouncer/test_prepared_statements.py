@@ -19,7 +19,7 @@ from conftest import database_url
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import ProgrammingError
 
-from wsgi_sqla._pooling import TransactionPoolerWarning, transaction_pooled
+from wsgi_sqla import TransactionPoolerWarning, transaction_pooled
 
 from .bouncer import PgBouncer
 from .conftest import MakeBouncer
