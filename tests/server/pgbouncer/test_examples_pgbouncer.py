@@ -119,6 +119,7 @@ def test_control_default_psycopg_fails_through_a_transaction_pooler(
     assert wrong, "the default configuration passed: the control proves nothing"
     log = server.log.read_text()
     assert "_pg3_" in log, "the errors were not psycopg's prepared statements"
+    assert "TransactionPoolerWarning" in log, "wsgi_sqla did not explain the failure"
 
 
 @pytest.mark.parametrize("framework", ["flask", "bottle"])
