@@ -76,9 +76,9 @@ def transaction_pooled(engine: Engine) -> Engine:
 
     Guarantees that no connection the engine opens from now on prepares
     statements on the server: with psycopg 3 every new connection gets
-    ``prepare_threshold=None`` (whatever ``connect_args`` said), and
-    connections already in the pool are closed so none made before the call
-    is used again. psycopg2 never prepares statements by itself, so its
+    ``prepare_threshold=None`` (whatever ``connect_args`` said), and the
+    pool is disposed, so no later checkout gets a connection made before
+    the call. psycopg2 never prepares statements by itself, so its
     engines are returned unchanged. Call it right after ``create_engine()``,
     before the engine serves requests. Calling it again changes nothing more.
 
