@@ -16,6 +16,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import bottle
@@ -238,98 +239,88 @@ CHUNKED = {
 }
 
 
+@dataclass
+class Flaky:
+    """A request to an app that fails its first ``failures`` attempts with ``error``."""
+
+    failures: int
+    keywords: dict[str, Any]  # SessionMiddleware's
+    error: Callable[[], BaseException] = serialization_failure
+    request: dict[str, Any] = field(default_factory=lambda: {"body": b"ann"})  # serve()'s
+
+
+Run = Callable[[Flaky], tuple[Exchange, list[dict[str, Any]]]]
+
+
+@pytest.fixture
+def run(session: Any, models: Models, delays: list[float]) -> Run:
+    """Serve a :class:`Flaky` request; what the server saw, and the attempts the app made."""
+
+    def serve_flaky(case: Flaky) -> tuple[Exchange, list[dict[str, Any]]]:
+        app, attempts = flaky(models, case.failures, case.error)
+        return serve(SessionMiddleware(app, session, **case.keywords), **case.request), attempts
+
+    return serve_flaky
+
+
 @pytest.mark.parametrize(
-    ("failures", "error", "keywords", "request_", "names"),
+    ("case", "names"),
     [
+        pytest.param(Flaky(2, {"retries": 3}), ["ann-3"], id="until-it-succeeds"),
+        pytest.param(Flaky(1, {"retries": 1}, mariadb_deadlock), ["ann-2"], id="mariadb-deadlock"),
         pytest.param(
-            2, serialization_failure, {"retries": 3}, {}, ["ann-3"], id="until-it-succeeds"
-        ),
-        pytest.param(1, mariadb_deadlock, {"retries": 1}, {}, ["ann-2"], id="mariadb-deadlock"),
-        pytest.param(
-            1,
-            Busy,
-            {"retries": 1, "retry_if": busy_is_transient},
-            {},
+            Flaky(1, {"retries": 1, "retry_if": busy_is_transient}, Busy),
             ["ann-2"],
             id="custom-retry_if-decides-what-is-transient",
         ),
         pytest.param(
-            1,
-            serialization_failure,
-            {"retries": 3, "retry_body_limit": 10},
-            {"body": b"x" * 10},
+            Flaky(1, {"retries": 3, "retry_body_limit": 10}, request={"body": b"x" * 10}),
             ["xxxxxxxxxx-2"],
             id="body-at-the-limit",
         ),
         pytest.param(
-            1,
-            serialization_failure,
-            {"retries": 1},
-            {"body": b"", "method": "GET"},
+            Flaky(1, {"retries": 1}, request={"method": "GET"}),
             ["-2"],
             id="request-without-a-body",
         ),
     ],
 )
 def test_transient_error_reruns_the_request_until_it_succeeds(
-    session: Any,
-    models: Models,
-    probe: Probe,
-    delays: list[float],
-    failures: int,
-    error: Callable[[], BaseException],
-    keywords: dict[str, Any],
-    request_: dict[str, Any],
-    names: list[str],
+    run: Run, probe: Probe, case: Flaky, names: list[str]
 ) -> None:
-    app, attempts = flaky(models, failures, error)
-    result = serve(SessionMiddleware(app, session, **keywords), **{"body": b"ann", **request_})
+    result, attempts = run(case)
     assert (result.status, result.error) == ("201 Created", None)
     assert result.start_responses == 1
-    assert len(attempts) == failures + 1
+    assert len(attempts) == case.failures + 1
     assert len({a["body"] for a in attempts}) == 1, "an attempt read another body"
     assert probe.names() == names, "a failed attempt's write was kept"
     assert probe.checked_out() == 0
 
 
 @pytest.mark.parametrize(
-    ("failures", "error", "keywords", "request_", "raised", "runs"),
+    ("case", "raised", "runs"),
     [
         pytest.param(
-            10,
-            serialization_failure,
-            {"retries": 2},
-            {},
+            Flaky(10, {"retries": 2}),
             OperationalError,
             3,
             id="last-error-when-the-retries-are-used-up",
         ),
         pytest.param(
-            1,
-            lambda: RuntimeError("bug"),
-            {"retries": 3},
-            {},
+            Flaky(1, {"retries": 3}, lambda: RuntimeError("bug")),
             RuntimeError,
             1,
             id="error-that-is-not-transient",
         ),
+        pytest.param(Flaky(1, {}), OperationalError, 1, id="retries-are-off-by-default"),
         pytest.param(
-            1, serialization_failure, {}, {}, OperationalError, 1, id="retries-are-off-by-default"
-        ),
-        pytest.param(
-            1,
-            serialization_failure,
-            {"retries": 3, "retry_body_limit": 10},
-            {"body": b"x" * 11},
+            Flaky(1, {"retries": 3, "retry_body_limit": 10}, request={"body": b"x" * 11}),
             OperationalError,
             1,
             id="body-larger-than-the-limit",
         ),
         pytest.param(
-            1,
-            serialization_failure,
-            {"retries": 3},
-            {"environ": CHUNKED},
+            Flaky(1, {"retries": 3}, request={"body": b"ann", "environ": CHUNKED}),
             OperationalError,
             1,
             id="body-of-unknown-length",
@@ -337,19 +328,9 @@ def test_transient_error_reruns_the_request_until_it_succeeds(
     ],
 )
 def test_error_propagates_and_nothing_is_kept_when_the_request_is_not_run_again(
-    session: Any,
-    models: Models,
-    probe: Probe,
-    delays: list[float],
-    failures: int,
-    error: Callable[[], BaseException],
-    keywords: dict[str, Any],
-    request_: dict[str, Any],
-    raised: type[BaseException],
-    runs: int,
+    run: Run, probe: Probe, case: Flaky, raised: type[BaseException], runs: int
 ) -> None:
-    app, attempts = flaky(models, failures, error)
-    result = serve(SessionMiddleware(app, session, **keywords), **{"body": b"ann", **request_})
+    result, attempts = run(case)
     assert isinstance(result.error, raised)
     assert result.status is None
     assert len(attempts) == runs
@@ -670,25 +651,28 @@ def test_framework_hook_hands_the_view_error_to_the_middleware_for_a_retry(
 
 
 @FRAMEWORKS
-def test_without_the_hook_the_framework_answers_500_once(
-    framework: Any, session: Any, models: Models, probe: Probe, delays: list[float]
+@pytest.mark.parametrize(
+    ("failures", "hook", "runs"),
+    [
+        pytest.param(1, False, 1, id="without-the-hook"),
+        pytest.param(10, True, 3, id="retries-used-up"),
+    ],
+)
+def test_framework_500_goes_out_once_when_the_request_is_not_run_again(
+    framework: Any,
+    session: Any,
+    models: Models,
+    probe: Probe,
+    delays: list[float],
+    failures: int,
+    hook: bool,
+    runs: int,
 ) -> None:
-    app, attempts = framework(models, failures=1, hook=False)
-    result = post_json(SessionMiddleware(app, session, retries=3), "ann")
-    assert result.status is not None and result.status.startswith("500")
-    assert len(attempts) == 1
-    assert probe.names() == []
-
-
-@FRAMEWORKS
-def test_framework_500_goes_out_when_the_retries_are_used_up(
-    framework: Any, session: Any, models: Models, probe: Probe, delays: list[float]
-) -> None:
-    app, attempts = framework(models, failures=10, hook=True)
+    app, attempts = framework(models, failures=failures, hook=hook)
     result = post_json(SessionMiddleware(app, session, retries=2), "ann")
     assert result.status is not None and result.status.startswith("500")
     assert result.start_responses == 1
-    assert len(attempts) == 3
+    assert len(attempts) == runs
     assert probe.names() == []
     assert probe.checked_out() == 0
 
