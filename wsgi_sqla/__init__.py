@@ -25,6 +25,13 @@ from ._fork import fork_safe
 from ._frameworks import report_bottle_exceptions, report_flask_exceptions
 from ._middleware import CommitVeto, SessionMiddleware, default_commit_veto
 from ._model import ActiveRecordMixin, declarative_base
+from ._replicas import (
+    POSITION_COOKIE,
+    POSITION_HEADER,
+    ReplicaWriteError,
+    default_replica_reads,
+    use_primary,
+)
 from ._retry import report_exception
 from ._transaction import transaction
 from ._transient import MYSQL_TRANSIENT_ERRORS, POSTGRESQL_TRANSIENT_SQLSTATES, is_transient_error
@@ -40,9 +47,12 @@ from .testing import isolated, reset_schema
 
 __all__ = [
     "MYSQL_TRANSIENT_ERRORS",
+    "POSITION_COOKIE",
+    "POSITION_HEADER",
     "POSTGRESQL_TRANSIENT_SQLSTATES",
     "ActiveRecordMixin",
     "CommitVeto",
+    "ReplicaWriteError",
     "SessionMiddleware",
     "StaleSessionWarning",
     "UnitOfWork",
@@ -50,6 +60,7 @@ __all__ = [
     "current_unit",
     "declarative_base",
     "default_commit_veto",
+    "default_replica_reads",
     "force_commit",
     "force_rollback",
     "fork_safe",
@@ -60,4 +71,5 @@ __all__ = [
     "report_flask_exceptions",
     "reset_schema",
     "transaction",
+    "use_primary",
 ]

@@ -27,13 +27,15 @@ ended normally.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import Engine
 from sqlalchemy.orm import scoped_session
 
 from ._fork import dispose_in_children
+from ._replicas import Router, default_replica_reads
 from ._retry import DEFAULT_RETRY_BODY_LIMIT, RetryPolicy
 from ._transient import is_transient_error
 from ._unit import UnitOfWork, check_sessions, current
@@ -110,6 +112,11 @@ class SessionMiddleware:
         retry_if: Callable[[BaseException], bool] = is_transient_error,
         retry_body_limit: int = DEFAULT_RETRY_BODY_LIMIT,
         retry_backoff: float = 0.01,
+        replicas: Mapping[scoped_session[Any], Sequence[Engine]] | None = None,
+        replica_reads: Callable[[WSGIEnvironment], bool] = default_replica_reads,
+        position_secret: str | bytes | None = None,
+        replica_backoff: float = 5.0,
+        position_max_age: float = 30.0,
     ) -> None:
         if not callable(app):
             raise TypeError(
@@ -126,6 +133,17 @@ class SessionMiddleware:
         policy = RetryPolicy(retries, retry_if, retry_body_limit, retry_backoff)
         self.retry: RetryPolicy | None = policy if policy.retries else None
         dispose_in_children(self.sessions)
+        self.router: Router | None = None
+        if replicas is not None:
+            self.router = Router(
+                replicas,
+                reads=replica_reads,
+                secret=position_secret,
+                backoff=replica_backoff,
+                max_age=position_max_age,
+            )
+            # Only a middleware with replicas pays for routing (an instance attribute).
+            self._attempt = self._attempt_routed  # type: ignore[method-assign]
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if self.retry is not None:
@@ -135,6 +153,13 @@ class SessionMiddleware:
     def _attempt(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Run the request once, as one unit of work (one attempt of the retry loop)."""
         return RequestUnit(self, environ, start_response).run()
+
+    def _attempt_routed(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """:meth:`_attempt` with read replicas: the unit gets its route first."""
+        assert self.router is not None
+        return RoutedRequestUnit(self, self.router, environ, start_response).run()
 
 
 class RequestUnit:
@@ -367,3 +392,34 @@ class RequestUnit:
                 unit.rollback()
         finally:
             unit.end()
+
+
+class RoutedRequestUnit(RequestUnit):
+    """A request of a middleware with ``replicas``: its unit has a route.
+
+    The status and headers pass through the router on their way to the
+    server, so a request that committed a write adds its position token.
+    """
+
+    __slots__ = ("_router", "_to_server")
+
+    def __init__(
+        self,
+        middleware: SessionMiddleware,
+        router: Router,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+    ) -> None:
+        super().__init__(middleware, environ, start_response)
+        self.unit.route = router.route(environ)
+        self._router = router
+        self._to_server = start_response
+        self._server_start_response = self._start_server  # type: ignore[assignment]
+
+    def _start_server(
+        self, status: str, headers: _Headers, exc_info: _OptExcInfo = None
+    ) -> Callable[[bytes], object]:
+        route = self.unit.route
+        if self._committed and route is not None:
+            self._router.finish(route, status, headers)
+        return self._to_server(status, headers, exc_info)  # type: ignore[arg-type]
