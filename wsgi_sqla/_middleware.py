@@ -414,7 +414,7 @@ class RoutedRequestUnit(RequestUnit):
         self.unit.route = router.route(environ)
         self._router = router
         self._to_server = start_response
-        self._server_start_response = self._start_server  # type: ignore[assignment]
+        self._server_start_response = self._start_server
 
     def _start_server(
         self, status: str, headers: _Headers, exc_info: _OptExcInfo = None
@@ -422,4 +422,4 @@ class RoutedRequestUnit(RequestUnit):
         route = self.unit.route
         if self._committed and route is not None:
             self._router.finish(route, status, headers)
-        return self._to_server(status, headers, exc_info)  # type: ignore[arg-type]
+        return self._to_server(status, headers, exc_info)

@@ -130,12 +130,9 @@ class _PostgreSQL(_Dialect):
 
     def prepare_replica(self, dbapi_connection: Any, record: Any) -> None:
         # psycopg 3 then begins with BEGIN READ ONLY; no statement of its own.
-        if hasattr(dbapi_connection, "read_only"):
-            if dbapi_connection.read_only is not True:
-                dbapi_connection.read_only = True
-        elif hasattr(dbapi_connection, "readonly"):  # psycopg2
-            if dbapi_connection.readonly is not True:
-                dbapi_connection.readonly = True
+        name = "read_only" if hasattr(dbapi_connection, "read_only") else "readonly"  # psycopg2
+        if getattr(dbapi_connection, name, True) is not True:
+            setattr(dbapi_connection, name, True)
 
     def read_primary(self, connection: Connection) -> str | None:
         # The WAL position is cluster-wide, so the connection's own transaction
@@ -349,9 +346,7 @@ class Router:
                     "primary (sessionmaker(bind=engine))"
                 )
             if isinstance(engines, Engine) or not all(isinstance(e, Engine) for e in engines):
-                raise TypeError(
-                    f"{owner}: replicas[{index}] must be a list of sqlalchemy Engines"
-                )
+                raise TypeError(f"{owner}: replicas[{index}] must be a list of sqlalchemy Engines")
             if not engines:
                 raise ValueError(f"{owner}: replicas[{index}] names no replica engine")
             primary = _Primary(
@@ -362,7 +357,9 @@ class Router:
             )
             for replica in primary.replicas:
                 if _dialect_of(replica.engine, owner).name != primary.dialect.name:
-                    raise ValueError(f"{owner}: a replica of {bind.url!r} is another kind of database")
+                    raise ValueError(
+                        f"{owner}: a replica of {bind.url!r} is another kind of database"
+                    )
                 self._instrument_replica(replica, primary.dialect)
             self.primaries.append(primary)
             _route_session_creation(scoped)
@@ -496,7 +493,7 @@ def _is_read_only_violation(error: BaseException) -> bool:
     sqlstate = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
     if sqlstate == _READ_ONLY_SQLSTATE:
         return True
-    args = getattr(error, "args", ())
+    args: tuple[object, ...] = tuple(getattr(error, "args", ()))
     return bool(args) and args[0] in _READ_ONLY_MYSQL
 
 
@@ -608,18 +605,16 @@ class Route:
         wanted = self.token.positions[primary.index] if self.token is not None else ""
         candidates = router.candidates(primary)
         dialect = primary.dialect
-        if wanted:
-            # Replicas already seen at the position first (no check needed), then
-            # the most advanced one; at most one is asked for its position.
-            known = [r for r in candidates if dialect.reached(r.position, wanted)]
-            others = [r for r in candidates if r not in known]
-            candidates = known + others
+        # In turn order: a replica already seen at the position needs no check;
+        # otherwise at most one replica is asked for its position, and one seen
+        # caught up (or the primary) takes the request if it is behind. Asking
+        # the replicas in turn is also how the token learns it can be dropped.
         checked = False
         chosen: Connection | None = None
         for replica in candidates:
             needs_check = bool(wanted) and not dialect.reached(replica.position, wanted)
             if needs_check and checked:
-                break
+                continue
             try:
                 connection = replica.engine.connect()
             except exc.DBAPIError as error:
@@ -640,13 +635,13 @@ class Route:
             replica.recovered()
             chosen = connection
             break
-        if wanted and chosen is not None:
-            self.token_drop = self.token is not None and all(
-                not position or all(dialect.reached(r.position, position) for r in p.replicas)
+        if self.token is not None and chosen is not None:
+            # Dropped only once EVERY replica was seen at the position: after one
+            # caught-up replica, another may still lag (GitLab #413203).
+            self.token_drop = all(
+                not position or all(p.dialect.reached(r.position, position) for r in p.replicas)
                 for p, position in zip(router.primaries, self.token.positions, strict=True)
             )
-        elif not wanted and chosen is not None and self.token is None:
-            self.token_drop = False
         return chosen
 
 

@@ -258,10 +258,14 @@ def _pg_bindir() -> Path:
     pg_config = shutil.which("pg_config")
     if pg_config is None:
         raise Unavailable("pg_config not found: install PostgreSQL 15 (postgresql-15)")
-    bindir = Path(subprocess.run([pg_config, "--bindir"], capture_output=True, text=True).stdout.strip())
+    bindir = Path(
+        subprocess.run([pg_config, "--bindir"], capture_output=True, text=True).stdout.strip()
+    )
     for tool in ("initdb", "pg_ctl", "pg_basebackup"):
         if not (bindir / tool).exists():
-            raise Unavailable(f"{bindir / tool} not found: install PostgreSQL 15's server (postgresql-15)")
+            raise Unavailable(
+                f"{bindir / tool} not found: install PostgreSQL 15's server (postgresql-15)"
+            )
     return bindir
 
 
@@ -307,7 +311,7 @@ def postgresql_cluster(replicas: int = 2) -> Iterator[Cluster]:
             replica_port = free_port()
             with (replica_dir / "postgresql.conf").open("a") as conf:
                 conf.write(f"port = {replica_port}\n")
-            replica = _pg_server(f"replica", replica_port, replica_dir, root, bindir, user)
+            replica = _pg_server("replica", replica_port, replica_dir, root, bindir, user)
             replica.primary_port = port
             servers.append(replica)
             replica.start()
@@ -324,9 +328,22 @@ def postgresql_cluster(replicas: int = 2) -> Iterator[Cluster]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _pg_server(role: str, port: int, datadir: Path, root: Path, bindir: Path, user: list[str]) -> Server:
+def _pg_server(
+    role: str, port: int, datadir: Path, root: Path, bindir: Path, user: list[str]
+) -> Server:
     log = root / f"{datadir.name}.log"
-    command = [*user, str(bindir / "pg_ctl"), "-D", str(datadir), "-l", str(log), "-w", "-t", "60", "start"]
+    command = [
+        *user,
+        str(bindir / "pg_ctl"),
+        "-D",
+        str(datadir),
+        "-l",
+        str(log),
+        "-w",
+        "-t",
+        "60",
+        "start",
+    ]
     return Server("postgresql", role, port, datadir, command, log)
 
 
@@ -357,7 +374,7 @@ def mariadb_cluster(replicas: int = 2) -> Iterator[Cluster]:
         primary.admin(f"CREATE DATABASE {DATABASE}")
         replica_servers = []
         for index in range(replicas):
-            replica = _mariadb_server(f"replica", 2 + index, root, mariadbd, install)
+            replica = _mariadb_server("replica", 2 + index, root, mariadbd, install)
             replica.primary_port = primary.port
             servers.append(replica)
             replica.start()
