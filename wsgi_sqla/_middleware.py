@@ -93,6 +93,26 @@ class SessionMiddleware:
         or one of unknown length, is not retried.
     :param retry_backoff: seconds to wait before the first retry; doubled
         for each further one, jittered by ±50%, capped at one second.
+    :param replicas: ``{scoped_session: [replica_engine, ...]}``: read
+        replicas of each session's primary (the session must be bound to one
+        engine). A request the ``replica_reads`` predicate accepts runs all its
+        work on one replica, in a read-only transaction, unless it calls
+        :func:`~wsgi_sqla.use_primary` first; every other request runs on the
+        primary, and one that commits a write answers with a position token
+        (cookie :data:`~wsgi_sqla.POSITION_COOKIE` and header
+        :data:`~wsgi_sqla.POSITION_HEADER`) that keeps the client's reads on
+        replicas that have replayed that write. ``None``, the default, turns
+        all of this off at no cost. See the "Read replicas" page.
+    :param replica_reads: ``replica_reads(environ) -> bool``, which requests may
+        read from a replica; defaults to :func:`~wsgi_sqla.default_replica_reads`
+        (GET, HEAD, OPTIONS).
+    :param position_secret: when set (at least 16 characters, the same in every
+        process), tokens are signed with HMAC-SHA256 and an unsigned or
+        badly signed one is ignored; without it a forged token can only send
+        the forger's own reads to the primary.
+    :param replica_backoff: seconds a replica that failed is skipped before it
+        is tried again (0 to 30, default 5).
+    :param position_max_age: seconds a token stays valid (default 30).
     :raises TypeError: when an argument has the wrong type (``app`` or
         ``commit_veto`` not callable, a session not a ``scoped_session``).
     :raises ValueError: when a retry keyword is negative.

@@ -42,7 +42,7 @@ class App:
     middleware: SessionMiddleware
 
 
-def _where(db: scoped_session[Any]) -> dict[str, Any]:
+def where_am_i(db: scoped_session[Any]) -> dict[str, Any]:
     if db.get_bind().dialect.name == "postgresql":
         row = db.execute(text("SELECT inet_server_port(), pg_is_in_recovery()")).one()
     else:
@@ -69,24 +69,24 @@ def make_app(primary_url: str, replica_urls: list[str], **options: Any) -> App:
         if query.get("primary"):
             wsgi_sqla.use_primary()
         if path == "/where":
-            return reply(start_response, "200 OK", _where(db))
+            return reply(start_response, "200 OK", where_am_i(db))
         if path == "/items" and method == "POST":
             length = int(environ.get("CONTENT_LENGTH") or 0)
             name = environ["wsgi.input"].read(length).decode() or "item"
             item = Item(name=name)
             db.add(item)
             db.flush()
-            return reply(start_response, "201 Created", {"id": item.id, **_where(db)})
+            return reply(start_response, "201 Created", {"id": item.id, **where_am_i(db)})
         if path == "/items" and method == "GET" and query.get("write"):
             # A GET that writes: on a replica this must fail loudly.
             item = Item(name=query["write"][0])
             db.add(item)
             db.flush()
-            return reply(start_response, "201 Created", {"id": item.id, **_where(db)})
+            return reply(start_response, "201 Created", {"id": item.id, **where_am_i(db)})
         if path.startswith("/items/"):
             item_id = int(path.rsplit("/", 1)[1])
             found = db.scalar(select(Item).where(Item.id == item_id))
-            where = _where(db)
+            where = where_am_i(db)
             if found is None:
                 return reply(start_response, "404 Not Found", where)
             return reply(start_response, "200 OK", {"id": found.id, **where})

@@ -23,7 +23,7 @@ from wsgi_sqla import POSITION_COOKIE, POSITION_HEADER, ReplicaWriteError, Sessi
 
 from .checks import counting_all, rows_everywhere
 from .cluster import Cluster
-from .replica_app import App, make_app
+from .replica_app import App, make_app, where_am_i
 
 SECRET = "a test secret of enough length"
 
@@ -346,3 +346,26 @@ def test_the_back_off_is_at_most_30_seconds(cluster: Cluster, backoff: float) ->
     db: scoped_session[Any] = scoped_session(sessionmaker(bind=engine))
     with pytest.raises(ValueError, match=r"^SessionMiddleware: replica_backoff"):
         SessionMiddleware(lambda e, s: [], db, replicas={db: [engine]}, replica_backoff=backoff)
+
+
+# -- units outside a request ---------------------------------------------------------
+
+
+def test_a_transaction_block_uses_the_primary(app: App, cluster: Cluster) -> None:
+    with wsgi_sqla.transaction(app.db):
+        where = where_am_i(app.db)
+    assert where == {"port": cluster.primary.port, "replica": False}
+
+
+def test_a_transaction_inside_a_request_joins_its_route(app: App, cluster: Cluster) -> None:
+    seen: list[dict[str, Any]] = []
+
+    def view(environ: Any, start_response: Any) -> list[bytes]:
+        with wsgi_sqla.transaction(app.db):
+            seen.append(where_am_i(app.db))
+        start_response("200 OK", [])
+        return [b""]
+
+    middleware = SessionMiddleware(view, app.db, replicas={app.db: app.replicas})
+    webtest.TestApp(middleware).get("/")
+    assert seen[0]["replica"] is True
