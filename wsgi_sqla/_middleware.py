@@ -35,7 +35,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import scoped_session
 
 from ._fork import dispose_in_children
-from ._replicas import Router, default_replica_reads
+from ._replicas import RoutedUnit, Router, default_replica_reads
 from ._retry import DEFAULT_RETRY_BODY_LIMIT, RetryPolicy
 from ._transient import is_transient_error
 from ._unit import UnitOfWork, check_sessions, current
@@ -431,7 +431,8 @@ class RoutedRequestUnit(RequestUnit):
         start_response: StartResponse,
     ) -> None:
         super().__init__(middleware, environ, start_response)
-        self.unit.route = router.route(environ)
+        # The plain unit above already discarded stale sessions; this one adds the route.
+        self.unit = RoutedUnit(self.unit.sessions, router.route(environ))
         self._router = router
         self._to_server = start_response
         self._server_start_response = self._start_server
@@ -439,7 +440,7 @@ class RoutedRequestUnit(RequestUnit):
     def _start_server(
         self, status: str, headers: _Headers, exc_info: _OptExcInfo = None
     ) -> Callable[[bytes], object]:
-        route = self.unit.route
-        if self._committed and route is not None:
-            self._router.finish(route, status, headers)
+        unit = self.unit
+        if self._committed and isinstance(unit, RoutedUnit):
+            self._router.finish(unit.route, status, headers)
         return self._to_server(status, headers, exc_info)

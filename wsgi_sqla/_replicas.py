@@ -15,11 +15,11 @@ The routing rules (the user's guide is ``docs/deploying/replicas.rst``):
   the position, and the primary otherwise;
 * replicas that fail are skipped for a back-off, logged once per outage.
 
-The middleware and the unit of work call in through four hooks only:
-:meth:`Router.route` (a new request), :meth:`Route.attach` (a session was
-created for the running unit), :meth:`Router.finish` (the request
-committed: maybe issue or drop a token) and :meth:`Route.release` (the unit
-removed its sessions).
+The middleware calls in through two hooks only: :meth:`Router.route` (a new
+request gets a :class:`RoutedUnit`, whose ``remove()`` also releases the
+route's connections) and :meth:`Router.finish` (the request committed:
+maybe issue or drop a token). Sessions reach their route when the scoped
+session's registry creates them (:meth:`Route.attach`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, event, exc
 from sqlalchemy.orm import Session, scoped_session
 
-from ._unit import current_unit
+from ._fork import fork_safe
+from ._unit import UnitOfWork, current_unit
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -49,6 +50,7 @@ __all__ = [
     "POSITION_HEADER",
     "ReplicaWriteError",
     "Route",
+    "RoutedUnit",
     "Router",
     "default_replica_reads",
     "use_primary",
@@ -361,6 +363,8 @@ class Router:
                         f"{owner}: a replica of {bind.url!r} is another kind of database"
                     )
                 self._instrument_replica(replica, primary.dialect)
+                # A pre-forking server must not share replica connections either.
+                fork_safe(replica.engine)
             self.primaries.append(primary)
             _route_session_creation(scoped)
         self._turn = itertools.count()
@@ -617,14 +621,14 @@ class Route:
                 continue
             try:
                 connection = replica.engine.connect()
-            except exc.DBAPIError as error:
+            except exc.SQLAlchemyError as error:
                 replica.fail(error, router.backoff)
                 continue
             if needs_check:
                 checked = True
                 try:
                     value = connection.exec_driver_sql(dialect.replica_position_sql).scalar()
-                except exc.DBAPIError as error:
+                except exc.SQLAlchemyError as error:
                     connection.close()
                     replica.fail(error, router.backoff)
                     continue
@@ -645,6 +649,27 @@ class Route:
         return chosen
 
 
+class RoutedUnit(UnitOfWork):
+    """A unit of work with a route: its sessions run where the route says.
+
+    The rules are :class:`~wsgi_sqla.UnitOfWork`'s; removing the sessions
+    also returns the connections the route handed them to their pools.
+    """
+
+    __slots__ = ("route",)
+
+    def __init__(self, sessions: tuple[scoped_session[Any], ...], route: Route) -> None:
+        super().__init__(sessions)
+        self.route = route
+
+    def remove(self) -> None:
+        """Close the sessions, then release the route's connections."""
+        try:
+            super().remove()
+        finally:
+            self.route.release()
+
+
 # -- creating sessions through the route ---------------------------------------------
 
 
@@ -658,8 +683,8 @@ def _route_session_creation(scoped: scoped_session[Any]) -> None:
     def routed() -> Any:
         session = create()
         unit = current_unit()
-        route = getattr(unit, "route", None)
-        if route is not None:
+        if isinstance(unit, RoutedUnit):
+            route = unit.route
             for primary in route.router.primaries:
                 if primary.scoped is scoped:
                     route.attach(session, primary)
@@ -685,6 +710,5 @@ def use_primary() -> None:
             "wrapped by SessionMiddleware, a wsgi_sqla.transaction() block or a "
             "wsgi_sqla.celery task"
         )
-    route = getattr(unit, "route", None)
-    if route is not None:
-        route.use_primary()
+    if isinstance(unit, RoutedUnit):
+        unit.route.use_primary()

@@ -35,13 +35,10 @@ import logging
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from sqlalchemy.orm import scoped_session
 from sqlalchemy.util import ThreadLocalRegistry
-
-if TYPE_CHECKING:
-    from ._replicas import Route
 
 __all__ = [
     "Outcome",
@@ -141,13 +138,10 @@ class UnitOfWork:
     * :meth:`running`: all of the above around a block of code.
     """
 
-    __slots__ = ("_forced", "_pending_hooks", "_ready_hooks", "route", "sessions")
+    __slots__ = ("_forced", "_pending_hooks", "_ready_hooks", "sessions")
 
     def __init__(self, sessions: tuple[scoped_session[Any], ...]) -> None:
         self.sessions: tuple[scoped_session[Any], ...] = sessions
-        #: Where the unit's sessions run when read replicas are configured
-        #: (``wsgi_sqla._replicas``); ``None``, the default, means their own binds.
-        self.route: Route | None = None
         self._forced: Outcome | None = None
         self._pending_hooks: list[_Hook] | None = None
         self._ready_hooks: list[_Hook] | None = None
@@ -270,17 +264,10 @@ class UnitOfWork:
                 _rollback_one(scoped)
 
     def remove(self) -> None:
-        """Close every live session and clear it from its registry.
-
-        With a route (read replicas), the connections it handed to the
-        sessions go back to their pools after the sessions were closed.
-        """
+        """Close every live session and clear it from its registry."""
         for scoped in self.sessions:
             if is_live(scoped):
                 _remove_one(scoped)
-        route = self.route
-        if route is not None:
-            route.release()
 
     def end(self) -> None:
         """Remove the sessions, then run the after-commit hooks of committed work.
