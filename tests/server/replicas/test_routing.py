@@ -369,3 +369,21 @@ def test_a_transaction_inside_a_request_joins_its_route(app: App, cluster: Clust
     middleware = SessionMiddleware(view, app.db, replicas={app.db: app.replicas})
     webtest.TestApp(middleware).get("/")
     assert seen[0]["replica"] is True
+
+
+def test_a_middleware_without_replicas_keeps_the_plain_request_path(cluster: Cluster) -> None:
+    engine = create_engine(cluster.primary.url)
+    db: scoped_session[Any] = scoped_session(sessionmaker(bind=engine))
+    plain = SessionMiddleware(lambda e, s: [], db)
+    assert type(plain) is SessionMiddleware
+    assert plain.router is None
+
+
+def test_requests_are_routed_with_retries_on_too(cluster: Cluster) -> None:
+    built = make_app(cluster.primary.url, [r.url for r in cluster.replicas], retries=2)
+    try:
+        answer = webtest.TestApp(built.wsgi).get("/where").json
+    finally:
+        for engine in [built.primary, *built.replicas]:
+            engine.dispose()
+    assert answer["replica"] is True
