@@ -375,13 +375,6 @@ class Router:
         """The route of a new request: replica-eligible or not, and its token if any."""
         return Route(self, bool(self.reads(environ)), self._token(environ))
 
-    def unit_route(self, *, replica: bool = False, positions: Sequence[str] | None = None) -> Route:
-        """A route for a unit outside a request (``transaction()``, a Celery task)."""
-        token = None
-        if positions is not None:
-            token = self._checked(int(time.time()), tuple(positions))
-        return Route(self, replica, token)
-
     def finish(self, route: Route, status: str, headers: list[tuple[str, str]]) -> None:
         """The request committed with ``status``: add the token headers it calls for."""
         if status[:1] not in ("1", "2", "3"):
