@@ -25,6 +25,7 @@ from ._fork import fork_safe
 from ._frameworks import report_bottle_exceptions, report_flask_exceptions
 from ._middleware import CommitVeto, SessionMiddleware, default_commit_veto
 from ._model import ActiveRecordMixin, declarative_base
+from ._pooling import TransactionPoolerWarning, transaction_pooled
 from ._replicas import (
     POSITION_COOKIE,
     POSITION_HEADER,
@@ -55,6 +56,7 @@ __all__ = [
     "ReplicaWriteError",
     "SessionMiddleware",
     "StaleSessionWarning",
+    "TransactionPoolerWarning",
     "UnitOfWork",
     "after_commit",
     "current_unit",
@@ -71,5 +73,6 @@ __all__ = [
     "report_flask_exceptions",
     "reset_schema",
     "transaction",
+    "transaction_pooled",
     "use_primary",
 ]
