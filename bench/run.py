@@ -96,6 +96,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="where results.md, results.rst and results.png go (default: %(default)s)",
     )
     parser.add_argument(
+        "--replicas",
+        action="store_true",
+        help="instead: read-heavy traffic (90/10) on a primary alone and with one replica, "
+        "on throwaway PostgreSQL and MariaDB clusters (writes replicas.md)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="profile wsgi_sqla's requests on SQLite with cProfile and print the hot spots",
@@ -367,6 +373,17 @@ def main(argv: list[str] | None = None) -> None:
         _pooling(args)
         return
     settings = QUICK if args.quick else FULL
+    if args.replicas:
+        from . import replicas
+
+        kinds = args.databases.split(",") if args.databases else ["postgresql", "mariadb"]
+        replicas.main(
+            kinds,
+            rounds=1 if args.quick else 3,
+            seconds=3 if args.quick else 5,
+            output=args.output_dir / "replicas.md",
+        )
+        return
     with tempfile.TemporaryDirectory(prefix="wsgi_sqla_bench_") as tmp:
         if args.profile:
             _profile(Path(tmp))

@@ -26,6 +26,13 @@ from ._frameworks import report_bottle_exceptions, report_flask_exceptions
 from ._middleware import CommitVeto, SessionMiddleware, default_commit_veto
 from ._model import ActiveRecordMixin, declarative_base
 from ._pooling import TransactionPoolerWarning, transaction_pooled
+from ._replicas import (
+    POSITION_COOKIE,
+    POSITION_HEADER,
+    ReplicaWriteError,
+    default_replica_reads,
+    use_primary,
+)
 from ._retry import report_exception
 from ._transaction import transaction
 from ._transient import MYSQL_TRANSIENT_ERRORS, POSTGRESQL_TRANSIENT_SQLSTATES, is_transient_error
@@ -41,9 +48,12 @@ from .testing import isolated, reset_schema
 
 __all__ = [
     "MYSQL_TRANSIENT_ERRORS",
+    "POSITION_COOKIE",
+    "POSITION_HEADER",
     "POSTGRESQL_TRANSIENT_SQLSTATES",
     "ActiveRecordMixin",
     "CommitVeto",
+    "ReplicaWriteError",
     "SessionMiddleware",
     "StaleSessionWarning",
     "TransactionPoolerWarning",
@@ -52,6 +62,7 @@ __all__ = [
     "current_unit",
     "declarative_base",
     "default_commit_veto",
+    "default_replica_reads",
     "force_commit",
     "force_rollback",
     "fork_safe",
@@ -63,4 +74,5 @@ __all__ = [
     "reset_schema",
     "transaction",
     "transaction_pooled",
+    "use_primary",
 ]

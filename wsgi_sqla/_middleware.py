@@ -27,14 +27,16 @@ ended normally.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import Engine
 from sqlalchemy.orm import scoped_session
 
 from ._fork import dispose_in_children
+from ._replicas import RoutedUnit, Router, default_replica_reads
 from ._retry import DEFAULT_RETRY_BODY_LIMIT, RetryPolicy
 from ._transient import is_transient_error
 from ._unit import UnitOfWork, check_sessions, current
@@ -93,6 +95,26 @@ class SessionMiddleware:
         or one of unknown length, is not retried.
     :param retry_backoff: seconds to wait before the first retry; doubled
         for each further one, jittered by ±50%, capped at one second.
+    :param replicas: ``{scoped_session: [replica_engine, ...]}``: read
+        replicas of each session's primary (the session must be bound to one
+        engine). A request the ``replica_reads`` predicate accepts runs all its
+        work on one replica, in a read-only transaction, unless it calls
+        :func:`~wsgi_sqla.use_primary` first; every other request runs on the
+        primary, and one that commits a write answers with a position token
+        (cookie :data:`~wsgi_sqla.POSITION_COOKIE` and header
+        :data:`~wsgi_sqla.POSITION_HEADER`) that keeps the client's reads on
+        replicas that have replayed that write. ``None``, the default, turns
+        all of this off at no cost. See the "Read replicas" page.
+    :param replica_reads: ``replica_reads(environ) -> bool``, which requests may
+        read from a replica; defaults to :func:`~wsgi_sqla.default_replica_reads`
+        (GET, HEAD, OPTIONS).
+    :param position_secret: when set (at least 16 characters, the same in every
+        process), tokens are signed with HMAC-SHA256 and an unsigned or
+        badly signed one is ignored; without it a forged token can only send
+        the forger's own reads to the primary.
+    :param replica_backoff: seconds a replica that failed is skipped before it
+        is tried again (0 to 30, default 5).
+    :param position_max_age: seconds a token stays valid (default 30).
     :raises TypeError: when an argument has the wrong type (``app`` or
         ``commit_veto`` not callable, a session not a ``scoped_session``).
     :raises ValueError: when a retry keyword is negative.
@@ -112,6 +134,11 @@ class SessionMiddleware:
         retry_if: Callable[[BaseException], bool] = is_transient_error,
         retry_body_limit: int = DEFAULT_RETRY_BODY_LIMIT,
         retry_backoff: float = 0.01,
+        replicas: Mapping[scoped_session[Any], Sequence[Engine]] | None = None,
+        replica_reads: Callable[[WSGIEnvironment], bool] = default_replica_reads,
+        position_secret: str | bytes | None = None,
+        replica_backoff: float = 5.0,
+        position_max_age: float = 30.0,
     ) -> None:
         if not callable(app):
             raise TypeError(
@@ -128,6 +155,18 @@ class SessionMiddleware:
         policy = RetryPolicy(retries, retry_if, retry_body_limit, retry_backoff)
         self.retry: RetryPolicy | None = policy if policy.retries else None
         dispose_in_children(self.sessions)
+        self.router: Router | None = None
+        if replicas is not None:
+            self.router = Router(
+                replicas,
+                reads=replica_reads,
+                secret=position_secret,
+                backoff=replica_backoff,
+                max_age=position_max_age,
+            )
+            # Only a middleware with replicas pays for routing: it becomes the
+            # subclass whose requests carry a route; the plain hot path is untouched.
+            self.__class__ = RoutedSessionMiddleware
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if self.retry is not None:
@@ -137,6 +176,21 @@ class SessionMiddleware:
     def _attempt(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Run the request once, as one unit of work (one attempt of the retry loop)."""
         return RequestUnit(self, environ, start_response).run()
+
+
+class RoutedSessionMiddleware(SessionMiddleware):
+    """A :class:`SessionMiddleware` constructed with ``replicas``: each request is routed."""
+
+    router: Router
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if self.retry is not None:
+            return self.retry.run(self._attempt, environ, start_response)
+        return RoutedRequestUnit(self, self.router, environ, start_response).run()
+
+    def _attempt(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        """One attempt of the retry loop, with its own route."""
+        return RoutedRequestUnit(self, self.router, environ, start_response).run()
 
 
 class RequestUnit:
@@ -369,3 +423,35 @@ class RequestUnit:
                 unit.rollback()
         finally:
             unit.end()
+
+
+class RoutedRequestUnit(RequestUnit):
+    """A request of a middleware with ``replicas``: its unit has a route.
+
+    The status and headers pass through the router on their way to the
+    server, so a request that committed a write adds its position token.
+    """
+
+    __slots__ = ("_router", "_to_server")
+
+    def __init__(
+        self,
+        middleware: SessionMiddleware,
+        router: Router,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+    ) -> None:
+        super().__init__(middleware, environ, start_response)
+        # The plain unit above already discarded stale sessions; this one adds the route.
+        self.unit = RoutedUnit(self.unit.sessions, router.route(environ))
+        self._router = router
+        self._to_server = start_response
+        self._server_start_response = self._start_server
+
+    def _start_server(
+        self, status: str, headers: _Headers, exc_info: _OptExcInfo = None
+    ) -> Callable[[bytes], object]:
+        unit = self.unit
+        if self._committed and isinstance(unit, RoutedUnit):
+            self._router.finish(unit.route, status, headers)
+        return self._to_server(status, headers, exc_info)

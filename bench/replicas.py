@@ -1,0 +1,147 @@
+"""``python -m bench --replicas``: read-heavy traffic on the primary alone and with a replica.
+
+Starts its own throwaway clusters with the test suite's helper
+(``tests/server/replicas/cluster.py``: PostgreSQL 15 primary + one streaming
+replica, MariaDB primary + one GTID replica, on free 127.0.0.1 ports,
+stopped at the end), then serves ``bench/replica_app.py`` with gunicorn (2
+sync workers) twice per database, once with ``SessionMiddleware(app, db)``
+and once with ``replicas={db: [replica]}``, and drives each with wrk
+(``bench/replicas.lua``: 90 % GET of a random row, 10 % POST, the position
+token carried back in the header). The two setups alternate over the rounds.
+Reported: requests per second, p99 latency, and the share of reads the
+replica served (the app reports the server's own port, read in the same
+SELECT).
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import endtoend
+from .replica_app import seed
+
+ROOT = Path(__file__).resolve().parent.parent
+LUA = Path(__file__).resolve().with_name("replicas.lua")
+_LINE = re.compile(
+    r"BENCH primary_reads=(\d+) replica_reads=(\d+) p99_us=(\d+) p50_us=(\d+) "
+    r"requests=(\d+) errors=(\d+)"
+)
+_RATE = re.compile(r"Requests/sec:\s+([\d.]+)")
+
+
+@dataclass
+class Point:
+    rate: float
+    p99_ms: float
+    replica_share: float
+
+
+@dataclass
+class Setup:
+    label: str
+    points: list[Point] = field(default_factory=list)
+
+    def median(self, name: str) -> float:
+        return statistics.median(getattr(p, name) for p in self.points)
+
+
+@contextmanager
+def _serve(primary: str, replicas: list[str], log: Path) -> Iterator[int]:
+    port = endtoend._free_port()
+    command = [
+        sys.executable, "-m", "gunicorn", "--workers", "2", "--bind", f"127.0.0.1:{port}",
+        "--chdir", str(ROOT), "--error-logfile", str(log), "--log-level", "warning",
+        *endtoend._gunicorn_options(), "bench.replica_app:application",
+    ]  # fmt: skip
+    env = {"PRIMARY_URL": primary, "REPLICA_URLS": " ".join(replicas)}
+    import os
+
+    process = subprocess.Popen(
+        command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+    try:
+        endtoend._wait_until_serving(port, process, log)
+        yield port
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wrk(port: int, seconds: int) -> Point:
+    command = ["wrk", "-t1", "-c4", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA),
+               f"http://127.0.0.1:{port}/"]  # fmt: skip
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    line, rate = _LINE.search(out), _RATE.search(out)
+    if line is None or rate is None:
+        raise RuntimeError(f"cannot read wrk's output:\n{out}")
+    primary_reads, replica_reads, p99, _p50, _total, errors = map(int, line.groups())
+    if errors:
+        raise RuntimeError(f"wrk saw {errors} errors:\n{out}")
+    reads = primary_reads + replica_reads
+    return Point(float(rate.group(1)), p99 / 1000, replica_reads / reads if reads else 0.0)
+
+
+def measure(kind: str, rounds: int, seconds: int) -> tuple[str, list[Setup]]:
+    """Both setups on ``kind`` (postgresql or mariadb), alternating over ``rounds``."""
+    sys.path.insert(0, str(ROOT / "tests" / "server"))
+    from replicas.cluster import mariadb_cluster, postgresql_cluster
+
+    start = postgresql_cluster if kind == "postgresql" else mariadb_cluster
+    alone, replicated = Setup("primary alone"), Setup("primary + 1 replica")
+    with start(1) as cluster, tempfile.TemporaryDirectory() as tmp:
+        seed(cluster.primary.url)
+        cluster.wait_caught_up()
+        engine = cluster.primary.engine()
+        with engine.connect() as connection:
+            version = ".".join(map(str, connection.dialect.server_version_info or ()))
+        replica_urls = [r.url for r in cluster.replicas]
+        for index in range(rounds):
+            order = [(alone, []), (replicated, replica_urls)]
+            if index % 2:
+                order.reverse()
+            for setup, replicas in order:
+                log = Path(tmp) / f"gunicorn-{index}-{len(replicas)}.log"
+                with _serve(cluster.primary.url, replicas, log) as port:
+                    _wrk(port, 1)  # warm-up: connections, caches
+                    setup.points.append(_wrk(port, seconds))
+        return f"{kind} {version}", [alone, replicated]
+
+
+def table(results: list[tuple[str, list[Setup]]]) -> str:
+    lines = [
+        "| database | setup | req/s | p99 (ms) | reads served by the replica |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for server, setups in results:
+        for setup in setups:
+            lines.append(
+                f"| {server} | {setup.label} | {setup.median('rate'):.0f} "
+                f"| {setup.median('p99_ms'):.1f} | {100 * setup.median('replica_share'):.1f} % |"
+            )
+    return "\n".join(lines)
+
+
+def main(kinds: list[str], rounds: int, seconds: int, output: Path) -> None:
+    endtoend.wrk_version()
+    results = [measure(kind, rounds, seconds) for kind in kinds]
+    text = table(results)
+    note = (
+        f"\n\nwrk -t1 -c4, {seconds} s per point after a 1 s warm-up, {rounds} rounds with the "
+        "two setups alternating, medians shown; gunicorn 2 sync workers; primary and replica "
+        "on the same 2-core machine as gunicorn and wrk.\n"
+    )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text + note)
+    print(text + note)

@@ -1,0 +1,389 @@
+"""Read replicas, in process: routing per request, read-your-writes, health, tokens, cost.
+
+Every test runs on PostgreSQL and on MariaDB (the ``cluster`` fixture), each a
+real primary with two real streaming replicas. Which server answered is
+asked of the server inside the request (its port, ``pg_is_in_recovery()`` /
+``@@read_only``), never taken from the router; what was written is counted
+through the test's own connections.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import webtest  # type: ignore[import-untyped]
+from sqlalchemy import create_engine
+from sqlalchemy.orm import scoped_session, sessionmaker
+
+import wsgi_sqla
+from wsgi_sqla import POSITION_COOKIE, POSITION_HEADER, ReplicaWriteError, SessionMiddleware
+
+from .checks import counting_all, rows_everywhere
+from .cluster import Cluster
+from .replica_app import App, make_app, where_am_i
+
+SECRET = "a test secret of enough length"
+
+
+@pytest.fixture
+def app(cluster: Cluster) -> Iterator[App]:
+    built = make_app(cluster.primary.url, [r.url for r in cluster.replicas], replica_backoff=0.5)
+    yield built
+    for engine in [built.primary, *built.replicas]:
+        engine.dispose()
+
+
+@pytest.fixture
+def signed_app(cluster: Cluster) -> Iterator[App]:
+    built = make_app(cluster.primary.url, [r.url for r in cluster.replicas], position_secret=SECRET)
+    yield built
+    for engine in [built.primary, *built.replicas]:
+        engine.dispose()
+
+
+def replica_ports(cluster: Cluster) -> set[int]:
+    return {r.port for r in cluster.replicas}
+
+
+def token_of(response: Any) -> str:
+    return str(response.headers[POSITION_HEADER])
+
+
+def set_cookies(response: Any) -> list[str]:
+    return [str(v) for v in response.headers.getall("Set-Cookie")]
+
+
+# -- routing --------------------------------------------------------------------
+
+
+def test_gets_are_served_by_the_replicas(app: App, cluster: Cluster) -> None:
+    client = webtest.TestApp(app.wsgi)
+    answers = [client.get("/where").json for _ in range(10)]
+    assert all(a["replica"] for a in answers)
+    assert {a["port"] for a in answers} == replica_ports(cluster)
+
+
+def test_posts_are_served_by_the_primary(app: App, cluster: Cluster) -> None:
+    client = webtest.TestApp(app.wsgi)
+    created = client.post("/items", b"ann", status=201).json
+    assert created["replica"] is False
+    assert created["port"] == cluster.primary.port
+    assert rows_everywhere(cluster) == {"primary": 1, "replica0": 1, "replica1": 1}
+
+
+def test_use_primary_sends_a_get_to_the_primary(app: App, cluster: Cluster) -> None:
+    answer = webtest.TestApp(app.wsgi).get("/where?primary=1").json
+    assert answer == {"port": cluster.primary.port, "replica": False}
+
+
+def test_a_get_that_writes_on_a_replica_fails_clearly_and_writes_nothing(
+    app: App, cluster: Cluster
+) -> None:
+    with pytest.raises(ReplicaWriteError, match=r"routed to a read replica.*use_primary\(\)"):
+        webtest.TestApp(app.wsgi).get("/items?write=bob")
+    assert rows_everywhere(cluster) == {"primary": 0, "replica0": 0, "replica1": 0}
+
+
+def test_a_get_that_writes_after_use_primary_commits_on_the_primary(
+    app: App, cluster: Cluster
+) -> None:
+    created = webtest.TestApp(app.wsgi).get("/items?write=bob&primary=1", status=201).json
+    assert created["port"] == cluster.primary.port
+    assert rows_everywhere(cluster) == {"primary": 1, "replica0": 1, "replica1": 1}
+
+
+def test_use_primary_after_a_replica_query_raises(cluster: Cluster) -> None:
+    primary = create_engine(cluster.primary.url)
+    replica = create_engine(cluster.replicas[0].url)
+    db: scoped_session[Any] = scoped_session(sessionmaker(bind=primary))
+    seen: list[BaseException] = []
+
+    def late(environ: Any, start_response: Any) -> list[bytes]:
+        db.connection()
+        try:
+            wsgi_sqla.use_primary()
+        except RuntimeError as error:
+            seen.append(error)
+        start_response("200 OK", [])
+        return [b""]
+
+    try:
+        webtest.TestApp(SessionMiddleware(late, db, replicas={db: [replica]})).get("/")
+    finally:
+        primary.dispose()
+        replica.dispose()
+    assert len(seen) == 1
+    assert str(seen[0]).startswith("use_primary(): ")
+
+
+# -- read-your-writes -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("carrier", [pytest.param("cookie"), pytest.param("header")])
+def test_a_client_reads_its_own_write_through_a_lagging_replica(
+    app: App, cluster: Cluster, carrier: str
+) -> None:
+    for replica in cluster.replicas:
+        replica.set_delay(1)
+    writer = webtest.TestApp(app.wsgi)
+    stranger = webtest.TestApp(app.wsgi)
+    tries, misses, stranger_misses = 200, 0, 0
+    for attempt in range(tries):
+        created = writer.post("/items", f"row {attempt}".encode(), status=201)
+        item = created.json["id"]
+        headers = {}
+        if carrier == "header":
+            headers = {POSITION_HEADER: token_of(created)}
+            writer.reset()  # no cookie: only the header carries the position
+        mine = writer.get(f"/items/{item}", headers=headers, expect_errors=True)
+        misses += mine.status_int != 200
+        other = stranger.get(f"/items/{item}", expect_errors=True)
+        assert other.json["replica"] is True
+        stranger_misses += other.status_int == 404
+    assert misses == 0, f"{misses} of {tries} reads missed the client's own write"
+    # The control: without the token the same read goes to the lagging replica and misses.
+    assert stranger_misses > tries // 2
+
+
+def test_once_every_replica_caught_up_the_token_is_dropped(app: App, cluster: Cluster) -> None:
+    client = webtest.TestApp(app.wsgi)
+    item = client.post("/items", b"ann", status=201).json["id"]
+    cluster.wait_caught_up()
+    answers = []
+    for _ in range(4):
+        answers.append(client.get(f"/items/{item}"))
+        if POSITION_COOKIE not in client.cookies:
+            break
+    assert all(a.json["replica"] for a in answers)
+    assert f"{POSITION_COOKIE}=; Max-Age=0" in set_cookies(answers[-1])[0]
+    assert client.get(f"/items/{item}").json["replica"] is True
+
+
+def test_the_token_is_kept_while_one_replica_still_lags(app: App, cluster: Cluster) -> None:
+    fast, slow = cluster.replicas
+    slow.set_delay(3)
+    client = webtest.TestApp(app.wsgi)
+    item = client.post("/items", b"ann", status=201).json["id"]
+    deadline = time.monotonic() + 2
+    served = set()
+    while time.monotonic() < deadline:
+        answer = client.get(f"/items/{item}")
+        assert answer.status_int == 200
+        assert not any("Max-Age=0" in c for c in set_cookies(answer)), "dropped while one lags"
+        served.add(answer.json["port"])
+    assert slow.port not in served
+    assert fast.port in served
+
+
+def test_no_token_after_a_rollback(app: App) -> None:
+    response = webtest.TestApp(app.wsgi).post("/fail", b"", status=409)
+    assert set_cookies(response) == []
+    assert POSITION_HEADER not in response.headers
+
+
+def test_no_token_after_a_post_that_wrote_nothing(app: App) -> None:
+    response = webtest.TestApp(app.wsgi).post("/where", b"")
+    assert response.json["replica"] is False
+    assert set_cookies(response) == []
+
+
+# -- health ---------------------------------------------------------------------
+
+
+def test_a_stopped_replica_is_skipped_and_used_again_after_it_restarts(
+    app: App, cluster: Cluster
+) -> None:
+    client = webtest.TestApp(app.wsgi)
+    stopped, other = cluster.replicas
+    client.get("/where")  # both pools hold a connection now
+    client.get("/where")
+    stopped.stop()
+    answers = [client.get("/where", expect_errors=True) for _ in range(10)]
+    assert [a.status_int for a in answers] == [200] * 10
+    assert {a.json["port"] for a in answers} == {other.port}
+    stopped.start()
+    time.sleep(0.6)  # the back-off of this app
+    ports = {client.get("/where").json["port"] for _ in range(10)}
+    assert ports == replica_ports(cluster)
+
+
+def test_with_every_replica_stopped_reads_go_to_the_primary(app: App, cluster: Cluster) -> None:
+    client = webtest.TestApp(app.wsgi)
+    client.get("/where")
+    for replica in cluster.replicas:
+        replica.stop()
+    answers = [client.get("/where").json for _ in range(3)]
+    assert answers == [{"port": cluster.primary.port, "replica": False}] * 3
+
+
+# -- forged and malformed tokens ----------------------------------------------------
+
+FORGED = [
+    pytest.param("garbage", id="garbage"),
+    pytest.param("", id="empty"),
+    pytest.param("1." * 300, id="huge"),
+    pytest.param("2.{now}.{position}.{sig}", id="unknown-version"),
+    pytest.param("1.{now}.{position}.0123456789abcdef0123456789abcdef", id="wrong-signature"),
+    pytest.param("1.{now}.{position}.-", id="unsigned"),
+    pytest.param("1.{now}.{position}", id="no-signature-field"),
+    pytest.param("1.{future}.{position}.{sig}", id="issued-in-the-future"),
+    pytest.param("1.{expired}.{position}.{sig}", id="expired"),
+    pytest.param("1.{now}.not-a-position.{sig}", id="malformed-position"),
+    pytest.param("1.{now}.{position}~{position}.{sig}", id="too-many-positions"),
+    pytest.param("1.{now}..{sig}", id="no-position"),
+    pytest.param("1.-5.{position}.{sig}", id="negative-time"),
+    pytest.param("1.{now}.{position}.{sig}{sig}", id="long-signature"),
+]
+
+
+@pytest.mark.parametrize("template", FORGED)
+@pytest.mark.parametrize("carrier", ["cookie", "header"])
+def test_a_forged_or_malformed_token_is_ignored(
+    signed_app: App, cluster: Cluster, template: str, carrier: str
+) -> None:
+    client = webtest.TestApp(signed_app.wsgi)
+    genuine = token_of(client.post("/items", b"ann", status=201))
+    _version, _issued, position, sig = genuine.split(".")
+    now = int(time.time())
+    value = template.format(
+        now=now, future=now + 3600, expired=now - 3600, position=position, sig=sig
+    )
+    if carrier == "cookie":
+        headers = {"Cookie": f"other=1; {POSITION_COOKIE}={value}"}
+    else:
+        headers = {POSITION_HEADER: value}
+    answer = webtest.TestApp(signed_app.wsgi).get("/where", headers=headers)
+    assert answer.status_int == 200
+    # Ignored as if absent: a replica serves it and nothing is set or dropped.
+    assert answer.json["replica"] is True
+    assert set_cookies(answer) == []
+
+
+def test_an_unsigned_app_treats_a_far_ahead_token_as_go_to_the_primary(
+    app: App, cluster: Cluster
+) -> None:
+    client = webtest.TestApp(app.wsgi)
+    genuine = token_of(client.post("/items", b"ann", status=201))
+    _v, issued, _position, sig = genuine.split(".")
+    ahead = "7FFFFFFF/0" if cluster.kind == "postgresql" else "0-1-99999999999"
+    answer = webtest.TestApp(app.wsgi).get(
+        "/where", headers={POSITION_HEADER: f"1.{issued}.{ahead}.{sig}"}
+    )
+    assert answer.json == {"port": cluster.primary.port, "replica": False}
+
+
+# -- cost -------------------------------------------------------------------------
+
+
+def test_a_request_that_never_touches_the_database_costs_nothing(app: App) -> None:
+    client = webtest.TestApp(app.wsgi)
+    client.post("/items", b"ann", status=201)  # a token, so the request carries one
+    with counting_all(app.primary, app.replicas) as (primary, replicas):
+        client.get("/nothing")
+    assert vars(primary) == vars(replicas) == {
+        "statements": 0, "begin": 0, "commit": 0, "rollback": 0, "checkouts": 0, "resets": 0
+    }  # fmt: skip
+
+
+def test_a_read_without_a_token_costs_only_its_own_statement(app: App) -> None:
+    client = webtest.TestApp(app.wsgi)
+    client.get("/where")  # connections exist
+    client.get("/where")
+    with counting_all(app.primary, app.replicas) as (primary, replicas):
+        client.get("/where")
+    assert primary.checkouts == primary.statements == 0
+    assert (replicas.checkouts, replicas.statements, replicas.begin, replicas.commit) == (
+        1,
+        1,
+        1,
+        1,
+    )
+
+
+def test_a_read_with_a_token_costs_one_statement_more(app: App, cluster: Cluster) -> None:
+    client = webtest.TestApp(app.wsgi)
+    client.post("/items", b"ann", status=201)
+    cluster.wait_caught_up()
+    with counting_all(app.primary, app.replicas) as (primary, replicas):
+        client.get("/where")
+    assert primary.checkouts == primary.statements == 0
+    # the replica's position, then the view's own statement
+    assert (replicas.checkouts, replicas.statements, replicas.begin, replicas.commit) == (
+        1,
+        2,
+        1,
+        1,
+    )
+
+
+def test_a_committing_write_costs_one_statement_more(app: App) -> None:
+    client = webtest.TestApp(app.wsgi)
+    with counting_all(app.primary, app.replicas) as (primary, replicas):
+        client.post("/items", b"ann", status=201)
+    assert replicas.checkouts == replicas.statements == 0
+    # INSERT and the view's own SELECT, then the primary's position after COMMIT
+    assert (primary.checkouts, primary.statements) == (1, 3)
+
+
+# -- construction -------------------------------------------------------------------
+
+
+def test_replicas_must_be_a_mapping(cluster: Cluster) -> None:
+    engine = create_engine(cluster.primary.url)
+    db: scoped_session[Any] = scoped_session(sessionmaker(bind=engine))
+    with pytest.raises(TypeError, match=r"^SessionMiddleware: replicas must be a mapping"):
+        SessionMiddleware(lambda e, s: [], db, replicas=[engine])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "backoff", [pytest.param(-1, id="negative"), pytest.param(31, id="over-30")]
+)
+def test_the_back_off_is_at_most_30_seconds(cluster: Cluster, backoff: float) -> None:
+    engine = create_engine(cluster.primary.url)
+    db: scoped_session[Any] = scoped_session(sessionmaker(bind=engine))
+    with pytest.raises(ValueError, match=r"^SessionMiddleware: replica_backoff"):
+        SessionMiddleware(lambda e, s: [], db, replicas={db: [engine]}, replica_backoff=backoff)
+
+
+# -- units outside a request ---------------------------------------------------------
+
+
+def test_a_transaction_block_uses_the_primary(app: App, cluster: Cluster) -> None:
+    with wsgi_sqla.transaction(app.db):
+        where = where_am_i(app.db)
+    assert where == {"port": cluster.primary.port, "replica": False}
+
+
+def test_a_transaction_inside_a_request_joins_its_route(app: App, cluster: Cluster) -> None:
+    seen: list[dict[str, Any]] = []
+
+    def view(environ: Any, start_response: Any) -> list[bytes]:
+        with wsgi_sqla.transaction(app.db):
+            seen.append(where_am_i(app.db))
+        start_response("200 OK", [])
+        return [b""]
+
+    middleware = SessionMiddleware(view, app.db, replicas={app.db: app.replicas})
+    webtest.TestApp(middleware).get("/")
+    assert seen[0]["replica"] is True
+
+
+def test_a_middleware_without_replicas_keeps_the_plain_request_path(cluster: Cluster) -> None:
+    engine = create_engine(cluster.primary.url)
+    db: scoped_session[Any] = scoped_session(sessionmaker(bind=engine))
+    plain = SessionMiddleware(lambda e, s: [], db)
+    assert type(plain) is SessionMiddleware
+    assert plain.router is None
+
+
+def test_requests_are_routed_with_retries_on_too(cluster: Cluster) -> None:
+    built = make_app(cluster.primary.url, [r.url for r in cluster.replicas], retries=2)
+    try:
+        answer = webtest.TestApp(built.wsgi).get("/where").json
+    finally:
+        for engine in [built.primary, *built.replicas]:
+            engine.dispose()
+    assert answer["replica"] is True
