@@ -582,7 +582,11 @@ def test_each_retry_is_logged_as_a_warning(
             "retry_backoff", -0.1, ValueError, "retry_backoff must be a finite", id="backoff-neg"
         ),
         pytest.param(
-            "retry_backoff", float("nan"), ValueError, "retry_backoff must be a fin", id="backoff-nan"
+            "retry_backoff",
+            float("nan"),
+            ValueError,
+            "retry_backoff must be a fin",
+            id="backoff-nan",
         ),
         pytest.param(
             "retry_backoff", "1s", TypeError, "retry_backoff must be a number", id="backoff-str"
