@@ -31,8 +31,32 @@ test_role_url = None
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
-autodoc_default_options = {"show-inheritance": False}
 
 exclude_patterns = ["_build"]
 html_theme = "furo"
 html_title = f"wsgi_sqla {release}"
+
+
+def _public_data_docstring(app, what, name, obj, options, lines):  # type: ignore[no-untyped-def]
+    """Give ``wsgi_sqla.CONSTANT`` the ``#:`` comment written where it is defined.
+
+    Autodoc looks for the comment in ``wsgi_sqla/__init__.py``, which only
+    re-exports the name, and would show the value's type's docstring instead.
+    """
+    from sphinx.pycode import ModuleAnalyzer
+
+    import wsgi_sqla
+
+    module, _, attribute = name.rpartition(".")
+    if what != "data" or module != "wsgi_sqla":
+        return
+    for private in sorted(m for m in vars(wsgi_sqla) if m.startswith("_") and not m.startswith("__")):
+        analyzer = ModuleAnalyzer.for_module(f"wsgi_sqla.{private}")
+        comment = analyzer.find_attr_docs().get(("", attribute))
+        if comment:
+            lines[:] = list(comment)
+            return
+
+
+def setup(app):  # type: ignore[no-untyped-def]
+    app.connect("autodoc-process-docstring", _public_data_docstring)
