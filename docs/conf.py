@@ -50,7 +50,9 @@ def _public_data_docstring(app, what, name, obj, options, lines):  # type: ignor
     module, _, attribute = name.rpartition(".")
     if what != "data" or module != "wsgi_sqla":
         return
-    for private in sorted(m for m in vars(wsgi_sqla) if m.startswith("_") and not m.startswith("__")):
+    for private in sorted(
+        m for m in vars(wsgi_sqla) if m.startswith("_") and not m.startswith("__")
+    ):
         analyzer = ModuleAnalyzer.for_module(f"wsgi_sqla.{private}")
         comment = analyzer.find_attr_docs().get(("", attribute))
         if comment:
