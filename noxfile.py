@@ -18,6 +18,7 @@ from __future__ import annotations
 import nox
 
 nox.options.error_on_missing_interpreters = True
+nox.options.download_python = "never"  # a missing Python is a failure, never a download
 nox.options.reuse_existing_virtualenvs = False
 nox.options.default_venv_backend = "venv"
 
