@@ -12,9 +12,9 @@ import os
 from collections.abc import Callable, Iterator
 
 import pytest
-from conftest import make_engine
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import scoped_session, sessionmaker
+from support import make_engine
 
 from wsgi_sqla import SessionMiddleware, fork_safe
 

@@ -8,7 +8,7 @@ from typing import Any
 import bottle
 import flask
 import webtest
-from conftest import Models, Probe
+from support import Models, Probe
 
 from wsgi_sqla import SessionMiddleware
 
