@@ -188,6 +188,10 @@ def test_worker_removes_the_session_after_every_task(
     add_job.delay("a").get(timeout=30, interval=0.01)
     with pytest.raises(Boom):
         add_job_then_fail.delay("b").get(timeout=30, interval=0.01)
+    # The worker stores a task's result before it sends task_postrun: wait for the signal.
+    deadline = time.monotonic() + 30
+    while len(left_in_worker_registry) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
 
     # The result reaches the caller before the worker's task_postrun signal runs.
     deadline = time.monotonic() + 30

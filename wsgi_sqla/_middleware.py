@@ -150,7 +150,9 @@ class SessionMiddleware:
                 f"commit_veto(environ, status, headers) -> bool, got {commit_veto!r}"
             )
         self.app = app
-        self.sessions = check_sessions(sessions, "SessionMiddleware")
+        self.sessions: tuple[scoped_session[Any], ...] = check_sessions(
+            sessions, "SessionMiddleware"
+        )
         self.commit_veto = commit_veto
         policy = RetryPolicy(retries, retry_if, retry_body_limit, retry_backoff)
         self.retry: RetryPolicy | None = policy if policy.retries else None

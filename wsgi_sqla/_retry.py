@@ -160,14 +160,14 @@ class RetryPolicy:
         body_limit: int,
         backoff: float,
     ) -> None:
-        self.retries = _count("retries", retries, "0 turns retrying off")
+        self.retries: int = _count("retries", retries, "0 turns retrying off")
         if not callable(retry_if):
             raise TypeError(
                 "SessionMiddleware: retry_if must be a callable retry_if(exception) -> bool, "
                 f"got {retry_if!r}"
             )
-        self.retry_if = retry_if
-        self.body_limit = _count(
+        self.retry_if: Callable[[BaseException], bool] = retry_if
+        self.body_limit: int = _count(
             "retry_body_limit", body_limit, "bytes of request body buffered for replay"
         )
         if isinstance(backoff, bool) or not isinstance(backoff, (int, float)):
@@ -179,7 +179,7 @@ class RetryPolicy:
                 f"SessionMiddleware: retry_backoff must be a finite number of seconds >= 0, "
                 f"got {backoff!r}"
             )
-        self.backoff = float(backoff)
+        self.backoff: float = float(backoff)
 
     def run(
         self, attempt: _Attempt, environ: WSGIEnvironment, start_response: StartResponse

@@ -78,7 +78,7 @@ class Isolation:
 
     def __init__(self, connections: dict[Engine, Connection]) -> None:
         #: The isolated connection of each engine the sessions are bound to.
-        self.connections = connections
+        self.connections: dict[Engine, Connection] = connections
 
     @property
     def connection(self) -> Connection:

@@ -1,8 +1,10 @@
 """Deprecated since 0.2: import these names from ``wsgi_sqla`` instead."""
 
+from collections.abc import Callable
+
 from ._moved import forward
 
-__getattr__ = forward(
+__getattr__: Callable[[str], object] = forward(
     "wsgi_sqla.unit",
     {
         "StaleSessionWarning": "wsgi_sqla._unit",
