@@ -48,7 +48,8 @@ def test_role(
     content: list[str] | None = None,
 ) -> tuple[list[nodes.Node], list[nodes.system_message]]:
     config = inliner.document.settings.env.config
-    path, _, function = text.strip().partition("::")
+    path, _, case = text.strip().partition("::")
+    function = case.partition("[")[0]  # a parametrised case: name[id]
     location = inliner.document.settings.env.docname, lineno
     file = Path(config.test_role_root) / path
     problem = None
