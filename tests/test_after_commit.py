@@ -280,7 +280,7 @@ def test_hook_in_a_helper_called_from_a_view_waits_for_the_response(
 
 
 def test_after_commit_with_no_unit_running_is_a_clear_error() -> None:
-    with pytest.raises(RuntimeError, match=r"after_commit\(\) needs a running unit of work"):
+    with pytest.raises(RuntimeError, match=r"after_commit\(\): needs a running unit of work"):
         after_commit(print)
 
 

@@ -269,7 +269,7 @@ def test_task_without_sessions_fails_when_called_directly() -> None:
 
 
 def test_task_base_without_a_session_is_a_type_error() -> None:
-    with pytest.raises(TypeError, match=r"task_base\(\) needs at least one .*scoped_session"):
+    with pytest.raises(TypeError, match=r"task_base\(\): needs at least one .*scoped_session"):
         task_base()
 
 

@@ -97,5 +97,5 @@ def test_session_middleware_covers_engines_bound_per_model(fresh: Engine) -> Non
 
 
 def test_fork_safe_refuses_what_is_not_an_engine() -> None:
-    with pytest.raises(TypeError, match=r"fork_safe\(\) needs a sqlalchemy.Engine, got .*str"):
+    with pytest.raises(TypeError, match=r"fork_safe\(\): needs a sqlalchemy.Engine, got .*str"):
         fork_safe("postgresql://")  # type: ignore[arg-type]

@@ -242,9 +242,9 @@ def test_force_rollback_also_rolls_back_work_done_while_streaming(
 
 
 def test_overrides_outside_a_unit_of_work_raise_a_clear_error() -> None:
-    with pytest.raises(RuntimeError, match=r"force_commit\(\) needs a running unit of work"):
+    with pytest.raises(RuntimeError, match=r"force_commit\(\): needs a running unit of work"):
         force_commit()
-    with pytest.raises(RuntimeError, match=r"force_rollback\(\) needs a running unit of work"):
+    with pytest.raises(RuntimeError, match=r"force_rollback\(\): needs a running unit of work"):
         force_rollback()
 
 

@@ -40,7 +40,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
-import wsgi_sqla.retry
+import wsgi_sqla._retry
 from wsgi_sqla import SessionMiddleware, force_commit, force_rollback
 
 RETRIES = 2
@@ -232,7 +232,7 @@ def commits(status: str, override: str | None) -> bool:
 
 @pytest.fixture(autouse=True)
 def no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(wsgi_sqla.retry, "_sleep", lambda seconds: None)
+    monkeypatch.setattr(wsgi_sqla._retry, "sleep", lambda seconds: None)
 
 
 @settings(

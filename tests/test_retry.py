@@ -29,7 +29,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.pool import NullPool
 
-import wsgi_sqla.retry
+import wsgi_sqla._retry
 from wsgi_sqla import (
     SessionMiddleware,
     after_commit,
@@ -246,7 +246,7 @@ def call(
 def delays(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The backoff delays the middleware slept, recorded instead of slept."""
     slept: list[float] = []
-    monkeypatch.setattr(wsgi_sqla.retry, "_sleep", slept.append)
+    monkeypatch.setattr(wsgi_sqla._retry, "sleep", slept.append)
     return slept
 
 
@@ -566,22 +566,33 @@ def test_each_retry_is_logged_as_a_warning(
 
 
 @pytest.mark.parametrize(
-    ("keyword", "value", "named"),
+    ("keyword", "value", "error", "named"),
     [
-        ("retries", -1, "retries must be an int >= 0"),
-        ("retries", 1.5, "retries must be an int >= 0"),
-        ("retries", True, "retries must be an int >= 0"),
-        ("retry_if", "40001", "retry_if must be a callable"),
-        ("retry_body_limit", -1, "retry_body_limit must be an int >= 0"),
-        ("retry_body_limit", None, "retry_body_limit must be an int >= 0"),
-        ("retry_backoff", -0.1, "retry_backoff must be a number of seconds >= 0"),
-        ("retry_backoff", "1s", "retry_backoff must be a number of seconds >= 0"),
+        pytest.param("retries", -1, ValueError, "retries must be >= 0", id="retries-negative"),
+        pytest.param("retries", 1.5, TypeError, "retries must be an int", id="retries-float"),
+        pytest.param("retries", True, TypeError, "retries must be an int", id="retries-bool"),
+        pytest.param("retry_if", "40001", TypeError, "retry_if must be a callable", id="retry_if"),
+        pytest.param(
+            "retry_body_limit", -1, ValueError, "retry_body_limit must be >= 0", id="limit-negative"
+        ),
+        pytest.param(
+            "retry_body_limit", None, TypeError, "retry_body_limit must be an int", id="limit-none"
+        ),
+        pytest.param(
+            "retry_backoff", -0.1, ValueError, "retry_backoff must be a finite", id="backoff-neg"
+        ),
+        pytest.param(
+            "retry_backoff", float("nan"), ValueError, "retry_backoff must be a fin", id="backoff-nan"
+        ),
+        pytest.param(
+            "retry_backoff", "1s", TypeError, "retry_backoff must be a number", id="backoff-str"
+        ),
     ],
 )
 def test_bad_retry_keyword_is_refused_naming_it(
-    session: Any, keyword: str, value: Any, named: str
+    session: Any, keyword: str, value: Any, error: type[Exception], named: str
 ) -> None:
-    with pytest.raises(TypeError, match=named):
+    with pytest.raises(error, match=f"^SessionMiddleware: {named}"):
         SessionMiddleware(lambda e, s: [], session, **{"retries": 1, keyword: value})
 
 

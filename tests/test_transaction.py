@@ -325,7 +325,7 @@ def test_decorated_helper_called_from_a_view_is_rolled_back_with_a_4xx(
 
 
 def test_no_session_is_a_type_error() -> None:
-    with pytest.raises(TypeError, match=r"transaction\(\) needs at least one .*scoped_session"):
+    with pytest.raises(TypeError, match=r"transaction\(\): needs at least one .*scoped_session"):
         transaction()
 
 

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import scoped_session, sessionmaker
 
-from wsgi_sqla.unit import _is_live
+from wsgi_sqla._unit import is_live
 
 
 @pytest.mark.parametrize(
@@ -17,20 +17,33 @@ from wsgi_sqla.unit import _is_live
 )
 def test_liveness_check_agrees_with_registry_has(scopefunc: Any) -> None:
     scoped = scoped_session(sessionmaker(bind=create_engine("sqlite://")), scopefunc=scopefunc)
-    assert _is_live(scoped) is scoped.registry.has() is False
+    assert is_live(scoped) is scoped.registry.has() is False
     scoped()
-    assert _is_live(scoped) is scoped.registry.has() is True
+    assert is_live(scoped) is scoped.registry.has() is True
     scoped.remove()
-    assert _is_live(scoped) is scoped.registry.has() is False
+    assert is_live(scoped) is scoped.registry.has() is False
 
 
 def test_liveness_check_is_per_thread() -> None:
     scoped = scoped_session(sessionmaker(bind=create_engine("sqlite://")))
     scoped()
     seen: list[bool] = []
-    thread = threading.Thread(target=lambda: seen.append(_is_live(scoped)))
+    thread = threading.Thread(target=lambda: seen.append(is_live(scoped)))
     thread.start()
     thread.join()
     assert seen == [False]
-    assert _is_live(scoped)
+    assert is_live(scoped)
     scoped.remove()
+
+
+def test_liveness_check_reads_sqlalchemys_thread_local_registry_directly() -> None:
+    # is_live() skips registry.has() (a raised AttributeError per miss) by
+    # reading the threading.local SQLAlchemy keeps; if that layout changes,
+    # the fast path is silently lost, so pin it here.
+    scoped = scoped_session(sessionmaker(bind=create_engine("sqlite://")))
+    local = scoped.registry.registry  # type: ignore[attr-defined]
+    assert type(local) is type(threading.local())
+    scoped()
+    assert "value" in local.__dict__
+    scoped.remove()
+    assert "value" not in local.__dict__

@@ -8,26 +8,27 @@
 * :func:`force_commit` / :func:`force_rollback` override the decision for
   one request, :func:`after_commit` runs code only once the data is there;
 * :class:`transaction` gives scripts and CLI commands the same unit of work
-  (``wsgi_sqla.celery.SessionTask`` does for Celery tasks);
-* :func:`isolated` and :func:`reset_schema` isolate tests from each other
-  (the pytest plugin in :mod:`wsgi_sqla.pytest_plugin` wraps the first);
+  (:class:`wsgi_sqla.celery.SessionTask` does for Celery tasks);
 * ``SessionMiddleware(..., retries=N)`` runs a request again after a
-  transient database error (:mod:`wsgi_sqla.retry`), and :func:`fork_safe`
-  keeps pre-forking servers from sharing connections between workers.
+  transient database error (:func:`is_transient_error`), and
+  :func:`fork_safe` keeps pre-forking servers from sharing connections
+  between workers;
+* :mod:`wsgi_sqla.testing` isolates tests from each other (the pytest
+  plugin in :mod:`wsgi_sqla.pytest_plugin` wraps it); :func:`isolated` and
+  :func:`reset_schema` are also importable from here.
+
+This module is the whole public surface; the modules whose names start with
+an underscore are the implementation.
 """
 
-from .blocks import transaction
-from .fork import fork_safe
-from .middleware import CommitVeto, SessionMiddleware, default_commit_veto
-from .model import ActiveRecordMixin, declarative_base
-from .retry import (
-    is_transient_error,
-    report_bottle_exceptions,
-    report_exception,
-    report_flask_exceptions,
-)
-from .testing import isolated, reset_schema
-from .unit import (
+from ._fork import fork_safe
+from ._frameworks import report_bottle_exceptions, report_flask_exceptions
+from ._middleware import CommitVeto, SessionMiddleware, default_commit_veto
+from ._model import ActiveRecordMixin, declarative_base
+from ._retry import report_exception
+from ._transaction import transaction
+from ._transient import MYSQL_TRANSIENT_ERRORS, POSTGRESQL_TRANSIENT_SQLSTATES, is_transient_error
+from ._unit import (
     StaleSessionWarning,
     UnitOfWork,
     after_commit,
@@ -35,8 +36,11 @@ from .unit import (
     force_commit,
     force_rollback,
 )
+from .testing import isolated, reset_schema
 
 __all__ = [
+    "MYSQL_TRANSIENT_ERRORS",
+    "POSTGRESQL_TRANSIENT_SQLSTATES",
     "ActiveRecordMixin",
     "CommitVeto",
     "SessionMiddleware",

@@ -3,7 +3,7 @@
 Install with the ``celery`` extra (``pip install wsgi_sqla[celery]``). A task
 whose base is :class:`SessionTask` runs its body exactly like a request or a
 :class:`~wsgi_sqla.transaction` block, through the same
-:class:`~wsgi_sqla.unit.UnitOfWork`: commit when the body returns, roll back
+:class:`~wsgi_sqla.UnitOfWork`: commit when the body returns, roll back
 when it raises, remove the sessions always, run after-commit hooks once the
 commit is done.
 
@@ -33,8 +33,7 @@ from typing import Any, ClassVar, ParamSpec, TypeVar
 from celery import Task
 from sqlalchemy.orm import scoped_session
 
-from .blocks import _unit_of_work
-from .unit import _check_sessions
+from ._unit import check_sessions, unit_of_work
 
 __all__ = ["SessionTask", "task_base"]
 
@@ -74,18 +73,18 @@ class SessionTask(Task[_P, _R_co]):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "sessions" in cls.__dict__:
-            cls.sessions = _check_sessions(cls.__dict__["sessions"], f"{cls.__qualname__}.sessions")
+            cls.sessions = check_sessions(cls.__dict__["sessions"], f"{cls.__qualname__}.sessions")
 
     def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _R_co:
         sessions = type(self).sessions
         if not sessions:
             raise TypeError(
-                f"task {self.name!r} has the base wsgi_sqla.celery.SessionTask but no "
+                f"SessionTask: task {self.name!r} has the base wsgi_sqla.celery.SessionTask but no "
                 "session was configured, so it cannot run as a unit of work: set "
                 "`sessions = (db,)` on a subclass of SessionTask, or use "
                 "base=wsgi_sqla.celery.task_base(db)"
             )
-        with _unit_of_work(sessions):
+        with unit_of_work(sessions):
             return super().__call__(*args, **kwargs)
 
 
@@ -98,5 +97,5 @@ def task_base(*sessions: scoped_session[Any]) -> type[SessionTask[Any, Any]]:
     :raises TypeError: when no session is given, or one is not a
         :class:`sqlalchemy.orm.scoped_session`.
     """
-    checked = _check_sessions(sessions, "task_base()")
+    checked = check_sessions(sessions, "task_base()")
     return type("SessionTask", (SessionTask,), {"sessions": checked, "__module__": __name__})

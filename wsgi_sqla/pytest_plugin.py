@@ -73,7 +73,7 @@ def wsgi_sqla_db(
         sessions = wsgi_sqla_sessions
     else:
         raise TypeError(
-            "the wsgi_sqla_sessions fixture must return a sqlalchemy.orm.scoped_session "
+            "wsgi_sqla_db: the wsgi_sqla_sessions fixture must return a scoped_session "
             f"or a list/tuple of them, got {wsgi_sqla_sessions!r}"
         )
     with isolated(*sessions) as isolation:

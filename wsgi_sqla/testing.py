@@ -10,7 +10,7 @@ an outer transaction on it, and binds the scoped sessions to that connection
 with SQLAlchemy's ``join_transaction_mode="create_savepoint"``. Application
 code does not change and does not know: the middleware, ``transaction()``
 and the Celery base commit through the same
-:class:`~wsgi_sqla.unit.UnitOfWork` as in production, but each of their
+:class:`~wsgi_sqla.UnitOfWork` as in production, but each of their
 sessions runs inside a SAVEPOINT of the outer transaction, so a "commit"
 releases a savepoint, a rollback rolls back to it, and when the test ends the
 outer transaction is rolled back and nothing is left in the database. The
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy import Connection, Engine, MetaData
 from sqlalchemy.orm import scoped_session, sessionmaker
 
-from .unit import UnitOfWork, _check_sessions
+from ._unit import UnitOfWork, check_sessions
 
 if TYPE_CHECKING:
     import sqlite3
@@ -113,18 +113,19 @@ def isolated(*sessions: scoped_session[Any]) -> Iterator[Isolation]:
       and removed first (:class:`~wsgi_sqla.StaleSessionWarning`).
 
     One scoped session per engine: the savepoints of two sessions sharing the
-    isolated connection would nest, so two are refused with a ``TypeError``.
+    isolated connection would nest, so two are refused with a ``ValueError``.
     Not covered: connections the code opens itself (``engine.connect()``,
     ``Session(engine)``), other threads (they would share one connection),
     and DDL on MariaDB/MySQL, which commits the outer transaction implicitly.
 
     :raises TypeError: when no session is given, one is not a
-        ``scoped_session``, a sessionmaker has no engine to bind, or two
-        sessions are bound to the same engine.
+        ``scoped_session``, or a sessionmaker has no engine to bind.
+    :raises ValueError: when two sessions are bound to the same engine, or a
+        SQLite connection is in ``autocommit=True`` mode.
     """
-    checked = _check_sessions(sessions, "isolated()")
+    checked = check_sessions(sessions, "isolated()")
     factories = _factories_by_engine(checked)
-    UnitOfWork(checked).discard_stale()
+    unit = UnitOfWork.start(checked)
     with contextlib.ExitStack() as stack:
         connections: dict[Engine, Connection] = {}
         for engine, factory in factories.items():
@@ -133,7 +134,7 @@ def isolated(*sessions: scoped_session[Any]) -> Iterator[Isolation]:
             factory.configure(bind=connections[engine], join_transaction_mode="create_savepoint")
         # Runs first at exit: sessions the block left behind are closed while
         # their connection is still in its outer transaction.
-        stack.callback(UnitOfWork(checked).remove)
+        stack.callback(unit.remove)
         yield Isolation(connections)
 
 
@@ -156,7 +157,7 @@ def _factories_by_engine(
         if bind in factories:
             # Their savepoints would nest on the one connection, and releasing the
             # first session's savepoint would release the second's with it.
-            raise TypeError(
+            raise ValueError(
                 f"isolated(): session arguments {owners[bind]} and {index} are bound to the "
                 f"same engine ({bind.url!r}); the savepoints of two sessions on one isolated "
                 "connection would nest and their commits would fail. Isolate one scoped "
@@ -204,7 +205,7 @@ def _sqlite_begin_workaround(connection: Connection) -> Callable[[], None] | Non
     if autocommit is False:
         return None  # PEP 249 mode: the driver keeps a transaction open by itself.
     if autocommit != _SQLITE_LEGACY:
-        raise TypeError(
+        raise ValueError(
             "isolated(): the sqlite3 connection has autocommit=True, in which the driver "
             "ignores rollback(), so the outer transaction could not be undone; use the "
             "default (legacy) mode or connect_args={'autocommit': False}"

@@ -1,0 +1,369 @@
+"""One web request, one unit of work.
+
+:class:`SessionMiddleware` wraps any WSGI application. It lets the
+application run, looks at the status it chose, and then commits every
+scoped session (status below 400) or rolls them all back (an exception, a
+veto, or a per-request override), and finally removes them.
+
+The decision is taken at the last moment at which it can still change what
+the client is told: after the application has produced its status and
+before any byte of the response, headers included, reaches the server. That
+ordering is the whole point. A hook that commits after the response has
+been built (Flask's ``after_request``) or after it has been sent can tell
+the client "200 OK" and then fail to commit; here a failed commit raises
+instead, so the server answers 500 and the client never sees success for
+data that is not in the database.
+
+Applications that call ``start_response`` lazily, from inside the first
+iteration of their body (generator applications), are handled by pulling
+the first chunk before deciding. Applications that use the ``write()``
+callable get the decision before their first write passes through. After
+the decision the body streams unbuffered; the sessions stay usable while it
+does, and database work done during the stream is committed when the server
+calls ``close()``, provided the response was committed and the iteration
+ended normally.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import scoped_session
+
+from ._fork import dispose_in_children
+from ._retry import DEFAULT_RETRY_BODY_LIMIT, RetryPolicy
+from ._transient import is_transient_error
+from ._unit import UnitOfWork, check_sessions, current
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+__all__ = ["CommitVeto", "SessionMiddleware", "default_commit_veto"]
+
+logger = logging.getLogger("wsgi_sqla")
+
+_ExcInfo = tuple[type[BaseException], BaseException, TracebackType]
+_OptExcInfo = _ExcInfo | tuple[None, None, None] | None
+_Headers = list[tuple[str, str]]
+
+CommitVeto = Callable[["WSGIEnvironment", str, _Headers], bool]
+"""``commit_veto(environ, status, headers) -> bool``; ``True`` means roll back."""
+
+
+def default_commit_veto(environ: WSGIEnvironment, status: str, headers: _Headers) -> bool:
+    """Veto (roll back) every response whose status code is 400 or above."""
+    return status[:1] not in ("1", "2", "3")
+
+
+class SessionMiddleware:
+    """Wrap ``app`` so that each request is one unit of work over ``sessions``.
+
+    Guarantees, for every request:
+
+    * the sessions are committed only if the application returned normally,
+      the veto and the per-request override allow it, and every commit
+      succeeded; otherwise all of them are rolled back;
+    * the decision is taken before any byte of the response reaches the
+      server, and a failed commit propagates as an exception instead of the
+      application's status;
+    * the application's iterable is closed exactly once and the sessions are
+      then removed, whatever happened, so no connection stays checked out;
+    * a request that never touches a session creates no Session, checks out
+      no connection and sends no SQL.
+
+    :param app: the WSGI application to wrap.
+    :param sessions: one or more :class:`sqlalchemy.orm.scoped_session`.
+    :param commit_veto: ``commit_veto(environ, status, headers) -> bool``,
+        called with the final status string and header list; ``True`` rolls
+        back. Defaults to :func:`default_commit_veto`.
+    :param retries: how many times to run a request again after a transient
+        database error, while nothing of its response was sent. ``0``, the
+        default, turns retrying off and costs nothing.
+    :param retry_if: ``retry_if(exception) -> bool``, which errors are
+        transient; defaults to :func:`~wsgi_sqla.is_transient_error`
+        (PostgreSQL and MariaDB serialization failures, deadlocks, lock
+        timeouts).
+    :param retry_body_limit: request bodies up to this many bytes are
+        buffered so that they can be replayed; a request with a larger body,
+        or one of unknown length, is not retried.
+    :param retry_backoff: seconds to wait before the first retry; doubled
+        for each further one, jittered by ±50%, capped at one second.
+    :raises TypeError: when an argument has the wrong type (``app`` or
+        ``commit_veto`` not callable, a session not a ``scoped_session``).
+    :raises ValueError: when a retry keyword is negative.
+
+    The engines bound to the sessions are disposed of in child processes
+    after ``os.fork()`` (see :func:`~wsgi_sqla.fork_safe`), so a server that
+    imports the application before forking its workers (``gunicorn
+    --preload``) never lets two processes share a connection.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        *sessions: scoped_session[Any],
+        commit_veto: CommitVeto = default_commit_veto,
+        retries: int = 0,
+        retry_if: Callable[[BaseException], bool] = is_transient_error,
+        retry_body_limit: int = DEFAULT_RETRY_BODY_LIMIT,
+        retry_backoff: float = 0.01,
+    ) -> None:
+        if not callable(app):
+            raise TypeError(
+                f"SessionMiddleware: app must be a WSGI application (a callable), got {app!r}"
+            )
+        if not callable(commit_veto):
+            raise TypeError(
+                "SessionMiddleware: commit_veto must be a callable "
+                f"commit_veto(environ, status, headers) -> bool, got {commit_veto!r}"
+            )
+        self.app = app
+        self.sessions = check_sessions(sessions, "SessionMiddleware")
+        self.commit_veto = commit_veto
+        policy = RetryPolicy(retries, retry_if, retry_body_limit, retry_backoff)
+        self.retry: RetryPolicy | None = policy if policy.retries else None
+        dispose_in_children(self.sessions)
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if self.retry is not None:
+            return self.retry.run(self._attempt, environ, start_response)
+        return self._attempt(environ, start_response)
+
+    def _attempt(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        """Run the request once, as one unit of work (one attempt of the retry loop)."""
+        return RequestUnit(self, environ, start_response).run()
+
+
+class RequestUnit:
+    """One request: when to apply its unit's rules, and the iterable handed to the server.
+
+    The rules come from the :class:`~wsgi_sqla.UnitOfWork` it holds; this
+    class is the ``start_response`` proxy, the PEP 3333 iterable around the
+    application's, and the points in the request's life at which the unit
+    decides (:meth:`_decide`) and ends (:meth:`_abort`, :meth:`close`).
+    """
+
+    __slots__ = (
+        "_app_iter",
+        "_closed",
+        "_committed",
+        "_decided",
+        "_environ",
+        "_exc_info",
+        "_failure",
+        "_finished",
+        "_first",
+        "_headers",
+        "_iterator",
+        "_middleware",
+        "_plain",
+        "_server_start_response",
+        "_server_write",
+        "_status",
+        "unit",
+    )
+
+    def __init__(
+        self,
+        middleware: SessionMiddleware,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+    ) -> None:
+        self.unit = UnitOfWork.start(middleware.sessions)
+        self._middleware = middleware
+        self._environ = environ
+        self._server_start_response = start_response
+        self._server_write: Callable[[bytes], object] | None = None
+        self._status: str | None = None
+        self._headers: _Headers = []
+        self._exc_info: _OptExcInfo = None
+        self._decided = False
+        self._committed = False
+        self._failure: BaseException | None = None
+        self._app_iter: Iterable[bytes] | None = None
+        self._iterator: Iterator[bytes] | None = None
+        self._plain = False
+        self._first: bytes | None = None
+        self._finished = False
+        self._closed = False
+
+    # -- running the application -------------------------------------------
+
+    def run(self) -> Iterable[bytes]:
+        """Call the application, decide, and return the iterable for the server."""
+        token = current.set(self.unit)
+        try:
+            try:
+                self._app_iter = app_iter = self._middleware.app(
+                    self._environ, self._start_response
+                )
+                try:
+                    self._iterator = iter(app_iter)
+                except TypeError:
+                    raise TypeError(
+                        "SessionMiddleware: the WSGI application returned "
+                        f"{type(app_iter).__qualname__!r}, which is not iterable; it must "
+                        "return an iterable of bytes (PEP 3333)"
+                    ) from None
+                # A list or tuple runs no application code while it is iterated.
+                self._plain = type(app_iter) in (list, tuple)
+                if self._status is None:
+                    # start_response is called lazily, from inside the body.
+                    self._first = next(self._iterator, None)
+                    if self._status is None:
+                        raise RuntimeError(
+                            "SessionMiddleware: the WSGI application returned (and began its "
+                            "body) without calling start_response(); nothing was committed"
+                        )
+                if self._failure is not None:
+                    raise self._failure
+                if not self._decided:
+                    self._decide()
+            except BaseException:
+                self._abort()
+                raise
+        finally:
+            current.reset(token)
+        return self
+
+    def _start_response(
+        self, status: str, headers: _Headers, exc_info: _OptExcInfo = None
+    ) -> Callable[[bytes], object]:
+        if exc_info is not None and exc_info[0] is not None:
+            if self._decided:
+                # The decision was taken on the earlier status; it cannot change now.
+                try:
+                    raise exc_info[1].with_traceback(exc_info[2])
+                finally:
+                    exc_info = None
+        elif self._status is not None:
+            raise RuntimeError(
+                "SessionMiddleware: start_response() was called a second time without "
+                "exc_info (PEP 3333)"
+            )
+        self._status = status
+        self._headers = headers
+        self._exc_info = exc_info
+        return self._write
+
+    def _write(self, data: bytes) -> None:
+        if not self._decided:
+            self._decide()
+        assert self._server_write is not None
+        self._server_write(data)
+
+    def _vetoed(self) -> bool:
+        assert self._status is not None
+        return self._middleware.commit_veto(self._environ, self._status, self._headers)
+
+    def _decide(self) -> None:
+        """Commit or roll back, then hand the status and headers to the server."""
+        self._decided = True
+        status = self._status
+        assert status is not None
+        unit = self.unit
+        try:
+            commit, reason = unit.decide(self._vetoed)
+        except BaseException as exc:
+            self._failure = exc
+            logger.exception("commit_veto raised; rolling back")
+            unit.rollback()
+            raise
+        if commit:
+            try:
+                unit.commit()
+            except BaseException as exc:
+                self._failure = exc
+                logger.exception(
+                    "commit failed; rolled back, the client gets an error instead of %r", status
+                )
+                raise
+            self._committed = True
+        else:
+            unit.rollback()
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "%s %s (%s): %s",
+                "committed" if commit else "rolled back",
+                self._environ.get("PATH_INFO"),
+                reason,
+                status,
+            )
+        exc_info, self._exc_info = self._exc_info, None
+        self._server_write = self._server_start_response(status, self._headers, exc_info)
+
+    def _abort(self) -> None:
+        """The request failed before a response was handed over: undo, close, clean up."""
+        if not self._decided:
+            logger.debug("rolled back %s (the application raised)", self._environ.get("PATH_INFO"))
+        self._exc_info = None
+        self._finished = False
+        self.close()
+
+    # -- the iterable returned to the server ------------------------------
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        iterator = self._iterator
+        assert iterator is not None
+        first = self._first
+        if first is not None:
+            self._first = None
+            return first
+        if self._plain:
+            try:
+                return next(iterator)
+            except StopIteration:
+                self._finished = True
+                raise
+        token = current.set(self.unit)
+        try:
+            return next(iterator)
+        except StopIteration:
+            self._finished = True
+            raise
+        finally:
+            current.reset(token)
+
+    def close(self) -> None:
+        """Close the application's iterable once, settle later work, remove the sessions."""
+        if self._closed:
+            return
+        self._closed = True
+        token = current.set(self.unit)
+        try:
+            try:
+                close = getattr(self._app_iter, "close", None)
+                if close is not None:
+                    close()
+            except BaseException:
+                self._finished = False
+                raise
+            finally:
+                self._settle()
+        finally:
+            current.reset(token)
+
+    def _settle(self) -> None:
+        """Commit work done while streaming if the response committed, else roll back."""
+        unit = self.unit
+        if unit.idle():
+            return
+        try:
+            if self._committed and self._finished and unit.forced != "rollback":
+                try:
+                    unit.commit()
+                except Exception:
+                    logger.exception(
+                        "commit of work done while streaming the body failed; rolled back"
+                    )
+                    raise
+            else:
+                unit.rollback()
+        finally:
+            unit.end()

@@ -1,0 +1,415 @@
+"""The unit of work: the one place where commit, rollback and cleanup happen.
+
+A web request, a ``transaction()`` block, a Celery task and a test all follow
+the same rules, and all of them get those rules from :class:`UnitOfWork`:
+
+* starting a unit rolls back and removes any session left over from an
+  earlier one (:class:`StaleSessionWarning`), so nothing stale is committed;
+* only sessions that were actually created are touched, so a unit that never
+  used the database costs no Session, no connection and no SQL statement;
+* whether the unit commits is decided in one place, :meth:`UnitOfWork.decide`:
+  an outcome forced by the application (:func:`force_commit`,
+  :func:`force_rollback`) wins over the owner's rule (the middleware's
+  status and veto, a block that ended normally);
+* committing several sessions flushes all of them first, so that ordinary
+  errors (constraints checked at flush, bad SQL) surface before anything is
+  made permanent, then commits them in order; if any commit fails, every
+  session is rolled back and the error propagates;
+* rollback and removal never mask the error that led to them: their own
+  failures are logged and the cleanup goes on with the next session;
+* after-commit hooks run once, after every session committed, and are
+  dropped when the unit rolls back.
+
+The unit that is running is kept in a :class:`contextvars.ContextVar`, so
+application code can reach it without a session or request being passed
+around (:func:`after_commit`, :func:`force_commit`, :func:`force_rollback`).
+:func:`unit_of_work` holds the rule that nested blocks share: join the unit
+that is running, or start one of their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Literal
+
+from sqlalchemy.orm import scoped_session
+from sqlalchemy.util import ThreadLocalRegistry
+
+__all__ = [
+    "Outcome",
+    "StaleSessionWarning",
+    "UnitOfWork",
+    "after_commit",
+    "check_sessions",
+    "current",
+    "current_unit",
+    "force_commit",
+    "force_rollback",
+    "is_live",
+    "unit_of_work",
+]
+
+logger = logging.getLogger("wsgi_sqla")
+
+Outcome = Literal["commit", "rollback"]
+"""What an application can force a unit to do, whatever its owner's rule says."""
+
+#: The unit of work running in this context (owners set and reset it).
+current: contextvars.ContextVar[UnitOfWork | None] = contextvars.ContextVar(
+    "wsgi_sqla_unit", default=None
+)
+
+_Hook = tuple[Callable[..., object], tuple[Any, ...], dict[str, Any]]
+
+
+class StaleSessionWarning(RuntimeWarning):
+    """A session from an earlier unit of work was still in the registry.
+
+    This happens when a WSGI server never called ``close()`` on a response, or
+    when code used a scoped session outside any unit of work and did not
+    remove it. The stale session is rolled back and removed before the new
+    unit starts, so nothing it held can be committed by accident.
+    """
+
+
+_THREAD_LOCAL = type(threading.local())
+
+
+def is_live(scoped: scoped_session[Any]) -> bool:
+    """Whether ``scoped`` holds a session for the current scope, without creating one.
+
+    Same answer as ``scoped.registry.has()``. For SQLAlchemy's default
+    thread-local registry that method raises and catches an AttributeError
+    on every miss, and a request that never touches the database asks this
+    for each session at its start, decision and end; so that common case
+    reads the thread's ``threading.local`` dict directly, and any other
+    registry (``scopefunc=``) goes through ``has()``. The layout read here is
+    SQLAlchemy's (``ThreadLocalRegistry.registry.value``); tests/test_unit.py
+    fails if it changes.
+    """
+    registry = scoped.registry
+    if type(registry) is ThreadLocalRegistry:
+        local = registry.registry
+        if type(local) is _THREAD_LOCAL:
+            return "value" in local.__dict__
+    return registry.has()
+
+
+def check_sessions(sessions: Iterable[object], owner: str) -> tuple[scoped_session[Any], ...]:
+    """``sessions`` as a tuple, each checked to be a ``scoped_session``; at least one.
+
+    :raises TypeError: naming ``owner`` (the public API that was called) when
+        an argument is not a :class:`~sqlalchemy.orm.scoped_session`, or when
+        there is none.
+    """
+    checked: list[scoped_session[Any]] = []
+    for index, candidate in enumerate(sessions):
+        if not isinstance(candidate, scoped_session):
+            raise TypeError(
+                f"{owner}: session argument {index} must be a sqlalchemy.orm.scoped_session, "
+                f"got {type(candidate).__module__}.{type(candidate).__qualname__}; "
+                "wrap your sessionmaker: scoped_session(sessionmaker(bind=engine))"
+            )
+        checked.append(candidate)
+    if not checked:
+        raise TypeError(
+            f"{owner}: needs at least one sqlalchemy.orm.scoped_session; none was given"
+        )
+    return tuple(checked)
+
+
+class UnitOfWork:
+    """Commit-or-rollback bookkeeping for one request, block or task.
+
+    Its owner (the middleware, ``transaction()``, the Celery base) starts it
+    with :meth:`start`, asks :meth:`decide` whether to commit, and ends it
+    with one of these verbs:
+
+    * :meth:`commit`: flush and commit every live session (all rolled back
+      if one fails);
+    * :meth:`rollback`: roll back every live session, drop pending hooks;
+    * :meth:`remove`: close every live session and clear its registry;
+    * :meth:`end`: :meth:`remove`, then run the hooks of committed work;
+    * :meth:`running`: all of the above around a block of code.
+    """
+
+    __slots__ = ("_forced", "_pending_hooks", "_ready_hooks", "sessions")
+
+    def __init__(self, sessions: tuple[scoped_session[Any], ...]) -> None:
+        self.sessions: tuple[scoped_session[Any], ...] = sessions
+        self._forced: Outcome | None = None
+        self._pending_hooks: list[_Hook] | None = None
+        self._ready_hooks: list[_Hook] | None = None
+
+    @classmethod
+    def start(cls, sessions: tuple[scoped_session[Any], ...]) -> UnitOfWork:
+        """A new unit over ``sessions``, after discarding sessions left by an earlier one.
+
+        A session still in a registry is rolled back and removed, with a
+        :class:`StaleSessionWarning`: it belongs to no unit, so committing it
+        with this one could make an earlier request's work permanent.
+        """
+        unit = cls(sessions)
+        for scoped in sessions:
+            if is_live(scoped):
+                warnings.warn(
+                    "wsgi_sqla: a session was still in the registry when a new unit of work "
+                    "began (a server that never called close() on a response, or code that "
+                    "used the scoped session outside any unit of work); it is rolled back "
+                    "and removed",
+                    StaleSessionWarning,
+                    stacklevel=3,
+                )
+                _rollback_one(scoped)
+                _remove_one(scoped)
+        return unit
+
+    # -- the decision -----------------------------------------------------
+
+    def force(self, outcome: Outcome) -> None:
+        """Make :meth:`decide` answer ``outcome`` whatever the owner's rule says.
+
+        The last call wins. Only an exception reaching the owner overrides
+        it: an owner never commits after one.
+        """
+        self._forced = outcome
+
+    @property
+    def forced(self) -> Outcome | None:
+        """The outcome :meth:`force` set, or ``None`` when the owner's rule applies."""
+        return self._forced
+
+    def decide(self, vetoed: Callable[[], bool] | None = None) -> tuple[bool, str]:
+        """Whether this unit commits, and why: ``(commit, reason)``.
+
+        The one rule every owner applies once its work ended without an
+        exception: an outcome forced with :meth:`force` wins; otherwise the
+        unit commits unless ``vetoed()`` (the owner's rule, called only
+        then) returns true. Without ``vetoed`` it commits.
+        """
+        forced = self._forced
+        if forced is not None:
+            return forced == "commit", "forced by the application"
+        if vetoed is None:
+            return True, "ended normally"
+        if vetoed():
+            return False, "vetoed"
+        return True, "not vetoed"
+
+    # -- the running unit -------------------------------------------------
+
+    def join(self, sessions: tuple[scoped_session[Any], ...]) -> None:
+        """Make this unit also responsible for ``sessions`` (nested blocks)."""
+        missing = tuple(s for s in sessions if s not in self.sessions)
+        if missing:
+            self.sessions += missing
+
+    def idle(self) -> bool:
+        """``True`` when no session is live and no hook is waiting: nothing to end."""
+        if self._pending_hooks or self._ready_hooks:
+            return False
+        for scoped in self.sessions:  # noqa: SIM110 - a loop; any() pays for a generator
+            if is_live(scoped):
+                return False
+        return True
+
+    # -- the rules --------------------------------------------------------
+
+    def commit(self) -> None:
+        """Flush, then commit, every live session; on failure roll all back and re-raise.
+
+        Sessions are committed in the order they were given. When a commit
+        fails after an earlier session's commit succeeded, the earlier one
+        stays committed (there is no two-phase commit across databases) and
+        the failure is logged naming both.
+        """
+        live = [scoped.registry() for scoped in self.sessions if is_live(scoped)]
+        if not live and not self._pending_hooks:
+            return
+        committed = 0
+        try:
+            if len(live) > 1:
+                for session in live:
+                    session.flush()
+            for session in live:
+                if session.in_transaction():
+                    session.commit()
+                committed += 1
+        except BaseException:
+            if committed:
+                logger.error(
+                    "commit failed after %d of %d sessions had committed; those stay "
+                    "committed, the others are rolled back",
+                    committed,
+                    len(live),
+                )
+            self.rollback()
+            raise
+        if self._pending_hooks:
+            if self._ready_hooks is None:
+                self._ready_hooks = []
+            self._ready_hooks.extend(self._pending_hooks)
+            self._pending_hooks = None
+
+    def rollback(self) -> None:
+        """Roll back every live session and drop hooks of uncommitted work."""
+        self._pending_hooks = None
+        for scoped in self.sessions:
+            if is_live(scoped):
+                _rollback_one(scoped)
+
+    def remove(self) -> None:
+        """Close every live session and clear it from its registry."""
+        for scoped in self.sessions:
+            if is_live(scoped):
+                _remove_one(scoped)
+
+    def end(self) -> None:
+        """Remove the sessions, then run the after-commit hooks of committed work.
+
+        Hooks run once each, in order, after the sessions were removed and
+        with no unit of work running: a hook that needs the database opens
+        its own ``transaction()``, and whatever a hook leaves in a scoped
+        session without one is rolled back and removed after the hooks. A
+        hook that raises is logged with its traceback; the others still run
+        and nothing propagates, since the work they follow is committed.
+        """
+        try:
+            self.remove()
+        finally:
+            hooks, self._ready_hooks = self._ready_hooks, None
+            if hooks:
+                token = current.set(None)
+                try:
+                    for callback, args, kwargs in hooks:
+                        try:
+                            callback(*args, **kwargs)
+                        except Exception:
+                            logger.exception(
+                                "after-commit hook %r raised; the commit stands", callback
+                            )
+                finally:
+                    current.reset(token)
+                    self.remove()
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[UnitOfWork]:
+        """Run a block as this unit: commit if it ends normally, roll back if it raises.
+
+        The exception propagates unchanged; :func:`force_rollback` inside the
+        block rolls back without one. The sessions are removed in every case.
+        """
+        token = current.set(self)
+        try:
+            try:
+                yield self
+            except BaseException:
+                self.rollback()
+                raise
+            commit, _reason = self.decide()
+            if commit:
+                self.commit()
+            else:
+                self.rollback()
+        finally:
+            current.reset(token)
+            self.end()
+
+    def add_hook(
+        self, callback: Callable[..., object], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """Register ``callback(*args, **kwargs)`` to run after the next commit."""
+        if self._pending_hooks is None:
+            self._pending_hooks = []
+        self._pending_hooks.append((callback, args, kwargs))
+
+
+def _rollback_one(scoped: scoped_session[Any]) -> None:
+    try:
+        scoped.registry().rollback()
+    except Exception:
+        logger.exception("rollback failed; the session is discarded")
+
+
+def _remove_one(scoped: scoped_session[Any]) -> None:
+    try:
+        scoped.registry().close()
+    except Exception:
+        logger.exception("closing the session failed; it is discarded")
+    finally:
+        scoped.registry.clear()
+
+
+@contextlib.contextmanager
+def unit_of_work(sessions: tuple[scoped_session[Any], ...]) -> Iterator[UnitOfWork]:
+    """Join the running unit of work, or run a new one over ``sessions``.
+
+    The rule :class:`~wsgi_sqla.transaction` and the Celery task base share:
+    inside a running unit (a request, an enclosing block, a task) the block
+    adds its sessions to that unit and commits nothing early; outside any,
+    it starts a unit of its own and runs it (:meth:`UnitOfWork.running`).
+    """
+    unit = current.get()
+    if unit is not None:
+        unit.join(sessions)
+        yield unit
+        return
+    with UnitOfWork.start(sessions).running() as unit:
+        yield unit
+
+
+def current_unit() -> UnitOfWork | None:
+    """The unit of work running in this context, or ``None``."""
+    return current.get()
+
+
+def _running(what: str) -> UnitOfWork:
+    unit = current.get()
+    if unit is None:
+        raise RuntimeError(
+            f"{what}: needs a running unit of work: call it inside a request wrapped by "
+            "SessionMiddleware, a wsgi_sqla.transaction() block or a wsgi_sqla.celery task"
+        )
+    return unit
+
+
+def after_commit(callback: Callable[..., object], /, *args: Any, **kwargs: Any) -> None:
+    """Run ``callback(*args, **kwargs)`` once the running unit has committed.
+
+    The callback runs after every session of the unit committed, and never if
+    the unit rolls back. An exception it raises is logged and swallowed.
+
+    :raises TypeError: when ``callback`` is not callable.
+    :raises RuntimeError: when no unit of work is running.
+    """
+    if not callable(callback):
+        raise TypeError(f"after_commit(): needs a callable, got {callback!r}")
+    _running("after_commit()").add_hook(callback, args, kwargs)
+
+
+def force_commit() -> None:
+    """Commit the running unit even though its status or rule says roll back.
+
+    For a request: commit although the response status is 400 or above (a
+    failed-login counter behind a 401). An exception that reaches the
+    middleware still rolls back.
+
+    :raises RuntimeError: when no unit of work is running.
+    """
+    _running("force_commit()").force("commit")
+
+
+def force_rollback() -> None:
+    """Roll back the running unit even though it would commit.
+
+    For a request: roll back although the status is below 400 (a dry run
+    that answers 200).
+
+    :raises RuntimeError: when no unit of work is running.
+    """
+    _running("force_rollback()").force("rollback")
