@@ -192,7 +192,7 @@ class Exchange:
     @property
     def client_status(self) -> str:
         """The status line a client would receive: the server answers 500 on an error."""
-        if self.error is not None and not self.body:
+        if self.error is not None and self.status is None:
             return "500 Internal Server Error"
         assert self.status is not None
         return self.status
@@ -261,7 +261,11 @@ class Server:
         finally:
             if close and hasattr(body, "close"):
                 seen.events.append(("close", None))
-                body.close()
+                try:
+                    body.close()
+                except Exception as exc:  # a server logs it; the response is out already
+                    seen.error = exc
+                    seen.events.append(("error", exc))
         return seen
 
 

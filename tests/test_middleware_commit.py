@@ -57,7 +57,7 @@ def test_commit_failure_never_reaches_client_as_2xx(
 
     seen = server.request(SessionMiddleware(app, session))
     assert isinstance(seen.error, IntegrityError)
-    assert seen.status is None, "the 200 was handed to the server"
+    assert seen.status == "500 Internal Server Error", "the 200 was handed to the server"
     assert seen.client_status.startswith("500")
     assert probe.names() == []
     assert probe.checked_out() == 0
@@ -86,7 +86,7 @@ def test_commit_failure_in_lazy_generator_app_never_sends_its_status(
 
     seen = server.request(SessionMiddleware(app, session))
     assert isinstance(seen.error, IntegrityError)
-    assert seen.status is None
+    assert seen.status == "500 Internal Server Error"
     assert probe.names() == []
 
 
@@ -101,7 +101,8 @@ def test_commit_failure_in_write_app_never_writes(
 
     seen = server.request(SessionMiddleware(app, session))
     assert isinstance(seen.error, IntegrityError)
-    assert [kind for kind, _ in seen.events] == ["error"]
+    assert [kind for kind, _ in seen.events] == ["start_response", "chunk", "close", "error"]
+    assert seen.body == b"Internal Server Error\n"
     assert probe.names() == []
 
 
@@ -117,7 +118,7 @@ def test_commit_failure_swallowed_by_the_application_still_fails_the_request(
 
     seen = server.request(SessionMiddleware(app, session))
     assert isinstance(seen.error, IntegrityError)
-    assert seen.status is None
+    assert seen.status == "500 Internal Server Error"
     assert probe.names() == []
 
 
@@ -165,7 +166,7 @@ def test_commit_refused_by_the_database_never_reaches_client_as_2xx(
 
     seen = server.request(SessionMiddleware(app, session))
     assert isinstance(seen.error, RuntimeError)
-    assert seen.status is None
+    assert seen.status == "500 Internal Server Error"
     assert probe.names() == []
     assert probe.checked_out() == 0
 
@@ -237,7 +238,7 @@ def test_flush_error_in_a_later_session_commits_no_session(
 
     seen = server.request(SessionMiddleware(app, session, second))
     assert isinstance(seen.error, IntegrityError)
-    assert seen.status is None
+    assert seen.status == "500 Internal Server Error"
     assert committed(probe, second) == {"taken"}, "nothing may commit before all flushed"
 
 
@@ -248,7 +249,7 @@ def test_commit_failure_in_second_session_leaves_first_committed_and_fails_the_r
 
     seen = server.request(both_write(models, session, second))
     assert isinstance(seen.error, RuntimeError)
-    assert seen.status is None
+    assert seen.status == "500 Internal Server Error"
     assert committed(probe, second) == {"in-first"}, "no two-phase commit: the first stands"
     assert probe.checked_out() == 0
 

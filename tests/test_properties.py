@@ -42,6 +42,7 @@ from sqlalchemy.exc import OperationalError
 
 import wsgi_sqla._retry
 from wsgi_sqla import SessionMiddleware, force_commit, force_rollback
+from wsgi_sqla._middleware import ERROR_HEADERS
 
 RETRIES = 2
 
@@ -191,6 +192,10 @@ def serve(app: Any, b: Behaviour, seen: Seen, probe: Probe) -> None:
     def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
         if exc_info is not None and seen.chunks:
             raise exc_info[1].with_traceback(exc_info[2])
+        if exc_info is not None and headers == ERROR_HEADERS:
+            # The middleware's own 500: nothing of the application's got out.
+            seen.status = None
+            return write
         seen.status = status
         seen.committed_at_status = probe.names()
         return write
@@ -220,7 +225,10 @@ def serve(app: Any, b: Behaviour, seen: Seen, probe: Probe) -> None:
     except Exception as exc:
         seen.error = exc
     finally:
-        body.close()
+        try:
+            body.close()
+        except Exception as exc:  # the middleware's 500 raises the request's error here
+            seen.error = exc
 
 
 def commits(status: str, override: str | None) -> bool:

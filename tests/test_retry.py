@@ -222,10 +222,15 @@ def call(
     if content_length and body:
         environ["CONTENT_LENGTH"] = str(len(body))
 
+    def write(data: bytes) -> None:
+        result.body += data
+
     def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        if exc_info is not None and result.body:  # the headers are out (PEP 3333)
+            raise exc_info[1].with_traceback(exc_info[2])
         result.status = status
         result.start_responses += 1
-        return lambda data: None
+        return write
 
     try:
         iterable = app(environ, start_response)
@@ -238,7 +243,10 @@ def call(
     except Exception as exc:
         result.error = exc
     finally:
-        getattr(iterable, "close", lambda: None)()
+        try:
+            getattr(iterable, "close", lambda: None)()
+        except Exception as exc:  # the middleware's 500 raises the request's error here
+            result.error = exc
     return result
 
 
@@ -311,7 +319,7 @@ def test_last_error_propagates_when_the_retries_are_used_up(
     app, attempts = flaky(models, failures=10)
     result = call(SessionMiddleware(app, session, retries=2), b"ann")
     assert isinstance(result.error, OperationalError)
-    assert result.status is None
+    assert result.status == "500 Internal Server Error"
     assert len(attempts) == 3
     assert probe.names() == []
     assert probe.checked_out() == 0
@@ -582,7 +590,11 @@ def test_each_retry_is_logged_as_a_warning(
             "retry_backoff", -0.1, ValueError, "retry_backoff must be a finite", id="backoff-neg"
         ),
         pytest.param(
-            "retry_backoff", float("nan"), ValueError, "retry_backoff must be a fin", id="backoff-nan"
+            "retry_backoff",
+            float("nan"),
+            ValueError,
+            "retry_backoff must be a fin",
+            id="backoff-nan",
         ),
         pytest.param(
             "retry_backoff", "1s", TypeError, "retry_backoff must be a number", id="backoff-str"

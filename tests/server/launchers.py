@@ -98,7 +98,9 @@ class Launched(Gunicorn):
         return set(self.workers())
 
     def fail(self, message: str) -> None:
-        pytest.fail(f"{message}\n--- {self.name} log ({self.app}) ---\n{self.tail()}", pytrace=False)
+        pytest.fail(
+            f"{message}\n--- {self.name} log ({self.app}) ---\n{self.tail()}", pytrace=False
+        )
 
     def tail(self, lines: int = 80) -> str:
         try:
@@ -120,7 +122,9 @@ class Launched(Gunicorn):
         self.stopping = True
         problems: list[str] = []
         if self.process.poll() is not None:
-            problems.append(f"{self.name} died during the test (exit code {self.process.returncode})")
+            problems.append(
+                f"{self.name} died during the test (exit code {self.process.returncode})"
+            )
         else:
             trouble = self.trouble.search(self.log.read_text(errors="replace"))
             if trouble:
@@ -227,9 +231,7 @@ class ModWsgi(Launched):
     def command(self) -> list[str]:
         module, _, callable_name = self.app.partition(":")
         envvars = self.root / "envvars"
-        envvars.write_text(
-            "".join(f"export {key}='{value}'\n" for key, value in self.env.items())
-        )
+        envvars.write_text("".join(f"export {key}='{value}'\n" for key, value in self.env.items()))
         return [
             str(MOD_WSGI_VENV / "bin" / "mod_wsgi-express"),
             "start-server",

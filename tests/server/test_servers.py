@@ -275,4 +275,3 @@ def test_example_commits_a_201_and_keeps_nothing_of_a_400_or_a_raise(example: Ex
     user_id = created.json()["id"]
     assert example.server.request("POST", f"/users/{user_id}/fail").status == 500
     assert example.names() == before
-
