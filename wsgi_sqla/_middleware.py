@@ -27,7 +27,6 @@ ended normally.
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -159,7 +158,7 @@ class SessionMiddleware:
                 return self.retry.run(self._attempt, environ, start_response)
             return self._attempt(environ, start_response)
         except Exception as exc:
-            if self.errors == "propagate":
+            if self.errors == "propagate" or getattr(exc, STARTED, False):
                 raise
             return error_response(exc, environ, start_response)
 
@@ -168,6 +167,8 @@ class SessionMiddleware:
         return RequestUnit(self, environ, start_response).run()
 
 
+#: Set on an exception raised after the server was given a status: too late for a 500.
+STARTED = "_wsgi_sqla_response_started"
 #: Set on an exception the middleware already logged with its traceback (a failed commit).
 LOGGED = "_wsgi_sqla_logged"
 ERROR_BODY = b"Internal Server Error\n"
@@ -182,11 +183,11 @@ def error_response(
 ) -> Iterable[bytes]:
     """Answer 500 for a request that failed before its response began; re-raise at close().
 
-    ``start_response`` gets ``exc_info`` (PEP 3333): a server that already
-    sent the headers raises ``error`` again from it, which then propagates
-    from here unchanged. Call it from the ``except`` block that caught ``error``.
+    Only for a request whose server has not been given a status yet.
+    ``exc_info`` is not passed: nothing is being replaced, and uWSGI's
+    ``start_response`` fails with a SystemError when given one.
     """
-    start_response("500 Internal Server Error", list(ERROR_HEADERS), sys.exc_info())
+    start_response("500 Internal Server Error", list(ERROR_HEADERS))
     if not getattr(error, LOGGED, False):
         logger.error(
             "%s %s failed; answered 500, the exception is raised again from close()",
@@ -321,7 +322,9 @@ class RequestUnit:
                     raise self._failure
                 if not self._decided:
                     self._decide()
-            except BaseException:
+            except BaseException as exc:
+                if self._server_write is not None:
+                    setattr(exc, STARTED, True)
                 self._abort()
                 raise
         finally:
