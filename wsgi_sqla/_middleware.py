@@ -10,9 +10,10 @@ the client is told: after the application has produced its status and
 before any byte of the response, headers included, reaches the server. That
 ordering is the whole point. A hook that commits after the response has
 been built (Flask's ``after_request``) or after it has been sent can tell
-the client "200 OK" and then fail to commit; here a failed commit raises
-instead, so the server answers 500 and the client never sees success for
-data that is not in the database.
+the client "200 OK" and then fail to commit; here a failed commit answers
+``500 Internal Server Error`` instead (and is raised again from ``close()``
+for the server's log and outer error-reporting middleware), so the client
+never sees success for data that is not in the database, on any server.
 
 Applications that call ``start_response`` lazily, from inside the first
 iteration of their body (generator applications), are handled by pulling
