@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,7 @@ logger = logging.getLogger("wsgi_sqla")
 _ExcInfo = tuple[type[BaseException], BaseException, TracebackType]
 _OptExcInfo = _ExcInfo | tuple[None, None, None] | None
 _Headers = list[tuple[str, str]]
+_END: Any = object()
 
 CommitVeto = Callable[["WSGIEnvironment", str, _Headers], bool]
 """``commit_veto(environ, status, headers) -> bool``; ``True`` means roll back."""
@@ -157,7 +159,7 @@ class SessionMiddleware:
         try:
             if self.retry is not None:
                 return self.retry.run(self._attempt, environ, start_response)
-            return self._attempt(environ, start_response)
+            return RequestUnit(self, environ, start_response).run()
         except Exception as exc:
             if self.errors == "propagate" or getattr(exc, STARTED, False):
                 raise
@@ -259,7 +261,7 @@ class RequestUnit:
         environ: WSGIEnvironment,
         start_response: StartResponse,
     ) -> None:
-        self.unit = UnitOfWork.start(middleware.sessions)
+        self.unit = UnitOfWork(middleware.sessions)
         self._middleware = middleware
         self._environ = environ
         self._server_start_response = start_response
@@ -389,10 +391,6 @@ class RequestUnit:
         assert self._server_write is not None
         self._server_write(data)
 
-    def _vetoed(self) -> bool:
-        assert self._status is not None
-        return self._middleware.commit_veto(self._environ, self._status, self._headers)
-
     def _decide(self) -> None:
         """Commit or roll back, then hand the status and headers to the server."""
         self._decided = True
@@ -400,7 +398,9 @@ class RequestUnit:
         assert status is not None
         unit = self.unit
         try:
-            commit, reason = unit.decide(self._vetoed)
+            commit, reason = unit.decide(
+                partial(self._middleware.commit_veto, self._environ, status, self._headers)
+            )
         except BaseException as exc:
             self._failure = exc
             logger.exception("commit_veto raised; rolling back")
@@ -442,41 +442,43 @@ class RequestUnit:
     # -- the iterable returned to the server ------------------------------
 
     def __iter__(self) -> Iterator[bytes]:
-        return self
-
-    def __next__(self) -> bytes:
-        iterator = self._iterator
-        assert iterator is not None
+        # A generator rather than __next__: resuming it costs no new frame per
+        # chunk, and next(..., _END) ends the body without raising StopIteration.
         first = self._first
         if first is not None:
             self._first = None
-            return first
+            yield first
+        iterator = self._iterator
+        assert iterator is not None
         if self._plain:
-            try:
-                return next(iterator)
-            except StopIteration:
-                self._finished = True
-                raise
-        token = current.set(self.unit)
-        try:
-            return next(iterator)
-        except StopIteration:
+            yield from iterator
             self._finished = True
-            raise
-        finally:
-            current.reset(token)
+            return
+        unit = self.unit
+        while True:
+            token = current.set(unit)
+            try:
+                chunk = next(iterator, _END)
+            finally:
+                current.reset(token)
+            if chunk is _END:
+                self._finished = True
+                return
+            yield chunk
 
     def close(self) -> None:
         """Close the application's iterable once, settle later work, remove the sessions."""
         if self._closed:
             return
         self._closed = True
+        close = getattr(self._app_iter, "close", None)
+        if close is None:
+            self._settle()
+            return
         token = current.set(self.unit)
         try:
             try:
-                close = getattr(self._app_iter, "close", None)
-                if close is not None:
-                    close()
+                close()
             except BaseException:
                 self._finished = False
                 raise

@@ -126,8 +126,8 @@ def check_sessions(sessions: Iterable[object], owner: str) -> tuple[scoped_sessi
 class UnitOfWork:
     """Commit-or-rollback bookkeeping for one request, block or task.
 
-    Its owner (the middleware, ``transaction()``, the Celery base) starts it
-    with :meth:`start`, asks :meth:`decide` whether to commit, and ends it
+    Its owner (the middleware, ``transaction()``, the Celery base) creates
+    it, which starts it, asks :meth:`decide` whether to commit, and ends it
     with one of these verbs:
 
     * :meth:`commit`: flush and commit every live session (all rolled back
@@ -141,20 +141,16 @@ class UnitOfWork:
     __slots__ = ("_forced", "_pending_hooks", "_ready_hooks", "sessions")
 
     def __init__(self, sessions: tuple[scoped_session[Any], ...]) -> None:
-        self.sessions: tuple[scoped_session[Any], ...] = sessions
-        self._forced: Outcome | None = None
-        self._pending_hooks: list[_Hook] | None = None
-        self._ready_hooks: list[_Hook] | None = None
-
-    @classmethod
-    def start(cls, sessions: tuple[scoped_session[Any], ...]) -> UnitOfWork:
-        """A new unit over ``sessions``, after discarding sessions left by an earlier one.
+        """Start a unit over ``sessions``, discarding sessions left by an earlier one.
 
         A session still in a registry is rolled back and removed, with a
         :class:`StaleSessionWarning`: it belongs to no unit, so committing it
         with this one could make an earlier request's work permanent.
         """
-        unit = cls(sessions)
+        self.sessions: tuple[scoped_session[Any], ...] = sessions
+        self._forced: Outcome | None = None
+        self._pending_hooks: list[_Hook] | None = None
+        self._ready_hooks: list[_Hook] | None = None
         for scoped in sessions:
             if is_live(scoped):
                 warnings.warn(
@@ -167,7 +163,6 @@ class UnitOfWork:
                 )
                 _rollback_one(scoped)
                 _remove_one(scoped)
-        return unit
 
     # -- the decision -----------------------------------------------------
 
@@ -228,7 +223,10 @@ class UnitOfWork:
         stays committed (there is no two-phase commit across databases) and
         the failure is logged naming both.
         """
-        live = [scoped.registry() for scoped in self.sessions if is_live(scoped)]
+        live = []
+        for scoped in self.sessions:  # a loop: a list comprehension is one more call
+            if is_live(scoped):
+                live.append(scoped.registry())
         if not live and not self._pending_hooks:
             return
         committed = 0
@@ -359,7 +357,7 @@ def unit_of_work(sessions: tuple[scoped_session[Any], ...]) -> Iterator[UnitOfWo
         unit.join(sessions)
         yield unit
         return
-    with UnitOfWork.start(sessions).running() as unit:
+    with UnitOfWork(sessions).running() as unit:
         yield unit
 
 

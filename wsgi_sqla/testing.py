@@ -125,7 +125,7 @@ def isolated(*sessions: scoped_session[Any]) -> Iterator[Isolation]:
     """
     checked = check_sessions(sessions, "isolated()")
     factories = _factories_by_engine(checked)
-    unit = UnitOfWork.start(checked)
+    unit = UnitOfWork(checked)
     with contextlib.ExitStack() as stack:
         connections: dict[Engine, Connection] = {}
         for engine, factory in factories.items():
