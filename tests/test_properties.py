@@ -192,7 +192,7 @@ def serve(app: Any, b: Behaviour, seen: Seen, probe: Probe) -> None:
     def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
         if exc_info is not None and seen.chunks:
             raise exc_info[1].with_traceback(exc_info[2])
-        if exc_info is not None and headers == ERROR_HEADERS:
+        if headers == ERROR_HEADERS:
             # The middleware's own 500: nothing of the application's got out.
             seen.status = None
             return write
