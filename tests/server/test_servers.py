@@ -75,12 +75,16 @@ def readable_dir() -> Path:
     return path
 
 
-@pytest.fixture(scope="module", params=SERVER_NAMES)
+#: Every server on PostgreSQL; uWSGI's default mode on MariaDB too (the protocol errors there).
+SERVED = [(name, "postgresql") for name in SERVER_NAMES] + [("uwsgi", "mariadb")]
+
+
+@pytest.fixture(scope="module", params=SERVED, ids=[f"{s}-{db}" for s, db in SERVED])
 def on_server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OnServer]:
-    name = str(request.param)
-    url = database_url("postgresql", Path())
+    name, db = request.param
+    url = database_url(db, Path())
     files = readable_dir()
     download = os.urandom(DOWNLOAD_SIZE)
     path = files / "download.bin"
@@ -157,6 +161,8 @@ def test_raise_answers_5xx_keeps_nothing_reveals_nothing_and_is_logged(
 
 
 def test_commit_failure_answers_5xx_never_2xx(on_server: OnServer) -> None:
+    if on_server.engine.dialect.name != "postgresql":
+        pytest.skip("MariaDB has no deferrable constraints: nothing can pass flush and fail COMMIT")
     k = key()
     reply = on_server.server.request("POST", f"/commit-fail?key={k}")
     assert reply.status >= 500
