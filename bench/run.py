@@ -7,7 +7,9 @@ drops its own table, ``bench_items``, in those databases and touches
 nothing else.
 
 ``--quick`` takes about a minute; the full run a few minutes. ``--profile``
-prints where wsgi_sqla's time goes instead of benchmarking.
+prints where wsgi_sqla's time goes instead of benchmarking. ``--pooling``
+measures the connection budget instead (PostgreSQL directly and through
+PgBouncer, see :mod:`bench.pooling`) and writes ``pooling.rst``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from . import apps, endtoend, inprocess, report
+from . import apps, endtoend, inprocess, pooling, report
 
 __all__ = ["main"]
 
@@ -97,6 +99,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--profile",
         action="store_true",
         help="profile wsgi_sqla's requests on SQLite with cProfile and print the hot spots",
+    )
+    parser.add_argument(
+        "--pooling",
+        action="store_true",
+        help="instead: the connection budget on PostgreSQL, directly and through PgBouncer "
+        "(bench/pooling.py); writes pooling.rst",
     )
     return parser.parse_args(argv)
 
@@ -324,9 +332,40 @@ def _profile(sqlite_dir: Path) -> None:
     setup.dispose()
 
 
+def _pooling(args: argparse.Namespace) -> None:
+    unavailable = pooling.available()
+    if unavailable is not None:
+        raise SystemExit(f"python -m bench --pooling: {unavailable}")
+    try:
+        wrk = endtoend.wrk_version()
+    except endtoend.WrkMissing as exc:
+        raise SystemExit(f"python -m bench --pooling: {exc}") from None
+    rounds, seconds = (1, 5) if args.quick else (3, 10)
+    url = os.environ[URL_VARIABLES["postgresql"]]
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    machine = _machine()
+    setup = apps.make_engine(url)
+    server = _server_version(setup)
+    setup.dispose()
+    budgets, bouncer = pooling.measure(url, rounds=rounds, seconds=seconds)
+    machine.append(f"load average (1, 5, 15 min) at end: {_load()}")
+    versions = [server.replace("postgresql", "PostgreSQL"), bouncer, *_versions(wrk)]
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    table = pooling.rst(
+        budgets, date=date, rounds=rounds, seconds=seconds, machine=machine, versions=versions
+    )
+    (args.output_dir / "pooling.rst").write_text(table)
+    print(pooling.text_table(budgets))
+    print("\n".join(["", *machine, *versions]))
+    print(f"wrote pooling.rst in {args.output_dir}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark as the command line asks."""
     args = _parse(argv)
+    if args.pooling:
+        _pooling(args)
+        return
     settings = QUICK if args.quick else FULL
     with tempfile.TemporaryDirectory(prefix="wsgi_sqla_bench_") as tmp:
         if args.profile:

@@ -2,6 +2,11 @@
 
 ``DATABASE_URL`` picks the database (any URL SQLAlchemy speaks); without it
 the examples use an embedded SQLite file in the current directory.
+
+``DATABASE_POOLING=transaction`` says that ``DATABASE_URL`` points at a
+transaction-pooling proxy (PgBouncer with ``pool_mode = transaction``): the
+engine then prepares no statements on the server (see
+:func:`wsgi_sqla.transaction_pooled` and docs/deploying/pgbouncer.rst).
 """
 
 from __future__ import annotations
@@ -19,11 +24,18 @@ from sqlalchemy.orm import (
     sessionmaker,
 )
 
-from wsgi_sqla import ActiveRecordMixin
+from wsgi_sqla import ActiveRecordMixin, transaction_pooled
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "sqlite:///wsgi_sqla_example.sqlite3")
+DATABASE_POOLING = os.environ.get("DATABASE_POOLING", "")
 
 engine = create_engine(DATABASE_URL)
+if DATABASE_POOLING == "transaction":
+    transaction_pooled(engine)
+elif DATABASE_POOLING:
+    raise ValueError(
+        f"DATABASE_POOLING: expected 'transaction' or nothing, got {DATABASE_POOLING!r}"
+    )
 db: scoped_session[Session] = scoped_session(sessionmaker(bind=engine))
 
 

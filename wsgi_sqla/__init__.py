@@ -25,6 +25,7 @@ from ._fork import fork_safe
 from ._frameworks import report_bottle_exceptions, report_flask_exceptions
 from ._middleware import CommitVeto, SessionMiddleware, default_commit_veto
 from ._model import ActiveRecordMixin, declarative_base
+from ._pooling import TransactionPoolerWarning, transaction_pooled
 from ._retry import report_exception
 from ._transaction import transaction
 from ._transient import MYSQL_TRANSIENT_ERRORS, POSTGRESQL_TRANSIENT_SQLSTATES, is_transient_error
@@ -45,6 +46,7 @@ __all__ = [
     "CommitVeto",
     "SessionMiddleware",
     "StaleSessionWarning",
+    "TransactionPoolerWarning",
     "UnitOfWork",
     "after_commit",
     "current_unit",
@@ -60,4 +62,5 @@ __all__ = [
     "report_flask_exceptions",
     "reset_schema",
     "transaction",
+    "transaction_pooled",
 ]

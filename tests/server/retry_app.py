@@ -9,7 +9,9 @@ PostgreSQL aborts the transactions that would break that
 :class:`~wsgi_sqla.SessionMiddleware`, which runs the request again.
 
 ``DATABASE_URL`` says where the database is, ``RETRIES`` how many retries
-the middleware makes (0 shows what happens without them). Serve
+the middleware makes (0 shows what happens without them);
+``DATABASE_POOLING=transaction`` says the URL points at a transaction-pooling
+PgBouncer (as in the examples). Serve
 ``retry_app:flask_app`` or ``retry_app:bottle_wsgi``.
 """
 
@@ -29,10 +31,17 @@ from sqlalchemy.orm import (
     sessionmaker,
 )
 
-from wsgi_sqla import SessionMiddleware, report_bottle_exceptions, report_flask_exceptions
+from wsgi_sqla import (
+    SessionMiddleware,
+    report_bottle_exceptions,
+    report_flask_exceptions,
+    transaction_pooled,
+)
 
 RETRIES = int(os.environ.get("RETRIES", "20"))
 engine = create_engine(os.environ["DATABASE_URL"], isolation_level="SERIALIZABLE")
+if os.environ.get("DATABASE_POOLING") == "transaction":
+    transaction_pooled(engine)
 db: scoped_session[Session] = scoped_session(sessionmaker(bind=engine))
 
 

@@ -7,9 +7,10 @@ whose ``key`` comes from the query string, so the test can later compare
 the database with what its client saw, request by request.
 
 ``DATABASE_URL`` says where the database is; ``SOAK_RETRIES`` turns on the
-middleware's retries. Tables are created by the test, not here: workers
-that import this module at the same moment would race to create them.
-Importing it does touch the database (a start-up check), so that under
+middleware's retries; ``DATABASE_POOLING=transaction`` says the URL points at
+a transaction-pooling PgBouncer (as in the examples). Tables are created by
+the test, not here: workers that import this module at the same moment would
+race to create them. Importing it does touch the database (a start-up check), so that under
 ``gunicorn --preload`` the master holds a pooled connection when it forks.
 
 Endpoints (``K`` is the ``key`` query parameter):
@@ -27,7 +28,8 @@ Endpoints (``K`` is the ``key`` query parameter):
                        insert K; concurrent bumps conflict
 ``POST /sleep``        insert K and flush, then sleep ``seconds`` in the
                        database (the fault tests kill that connection)
-``GET /backend``       this worker's pid and its database connection's id
+``GET /backend``       this worker's pid, its database connection's id and the
+                       local address of the socket it talks to the database on
 ``GET /together``      wait until ``n`` requests of ``group`` are in this worker,
                        then say whether this request still has its own Session
 ``GET /download``      insert K, answer 200 with the file named by ``SOAK_DOWNLOAD``
@@ -44,6 +46,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -60,7 +63,7 @@ from sqlalchemy.orm import (
     sessionmaker,
 )
 
-from wsgi_sqla import SessionMiddleware
+from wsgi_sqla import SessionMiddleware, transaction_pooled
 
 DATABASE_URL = os.environ["DATABASE_URL"]
 RETRIES = int(os.environ.get("SOAK_RETRIES", "0"))
@@ -72,6 +75,8 @@ engine = create_engine(
         {"application_name": "wsgi_sqla_soak"} if DATABASE_URL.startswith("postgresql") else {}
     ),
 )
+if os.environ.get("DATABASE_POOLING") == "transaction":
+    transaction_pooled(engine)
 db: scoped_session[Session] = scoped_session(sessionmaker(bind=engine))
 DIALECT = engine.dialect.name
 
@@ -197,7 +202,14 @@ def sleep(environ: dict[str, Any], start_response: _Start, p: dict[str, str]) ->
 def backend(environ: dict[str, Any], start_response: _Start, p: dict[str, str]) -> Any:
     query = "SELECT pg_backend_pid()" if DIALECT == "postgresql" else "SELECT CONNECTION_ID()"
     backend_id = db.execute(text(query)).scalar_one()
-    return _json(start_response, "200 OK", {"pid": os.getpid(), "backend": backend_id})
+    driver: Any = db.connection().connection.driver_connection
+    # Behind a pooler the backend changes with each transaction; the client socket does not.
+    fileno = driver.fileno() if hasattr(driver, "fileno") else driver._sock.fileno()
+    with socket.socket(fileno=os.dup(fileno)) as sock:
+        host, port = sock.getsockname()[:2]
+    local = f"{host}:{port}"
+    answer = {"pid": os.getpid(), "backend": backend_id, "local": local}
+    return _json(start_response, "200 OK", answer)
 
 
 def together(environ: dict[str, Any], start_response: _Start, p: dict[str, str]) -> Any:

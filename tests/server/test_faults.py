@@ -29,9 +29,9 @@ SOAK_APP = Path(__file__).with_name("soak_app.py")
 
 
 class Faulty:
-    """The served application, its proxy, and a connection of the test's own."""
+    """The served application, its proxy (if any), and a connection of the test's own."""
 
-    def __init__(self, server: Gunicorn, proxy: TcpProxy, engine: Engine) -> None:
+    def __init__(self, server: Gunicorn, proxy: TcpProxy | None, engine: Engine) -> None:
         self.server = server
         self.proxy = proxy
         self.engine = engine
@@ -122,6 +122,11 @@ def faulty(
 
 
 def test_backend_killed_mid_request_answers_500_and_keeps_nothing(faulty: Faulty) -> None:
+    kill_mid_request_and_check(faulty)
+
+
+def kill_mid_request_and_check(faulty: Faulty) -> None:
+    """Kill the backend running a request's query: 500, nothing kept, all healthy after."""
     kept, lost = faulty.write(), uuid.uuid4().hex
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         reply = pool.submit(faulty.server.request, "POST", f"/sleep?key={lost}&seconds=60")
@@ -163,6 +168,11 @@ def read_some_then_hang_up(server: Gunicorn, path: str, wanted: int) -> bytes:
 def test_client_hanging_up_mid_stream_keeps_the_answer_and_drops_the_streamed_work(
     faulty: Faulty,
 ) -> None:
+    hang_up_mid_stream_and_check(faulty)
+
+
+def hang_up_mid_stream_and_check(faulty: Faulty) -> None:
+    """A client hangs up mid-stream: the answer's work is kept, the streamed work is not."""
     key = uuid.uuid4().hex
     # 16 MiB: more than the server's socket buffer can hold, so it is still sending.
     received = read_some_then_hang_up(
@@ -188,6 +198,7 @@ def test_stream_read_to_the_end_keeps_the_streamed_work(faulty: Faulty) -> None:
 
 def test_database_unreachable_answers_500_then_recovers_without_restart(faulty: Faulty) -> None:
     kept, lost = faulty.write(), uuid.uuid4().hex
+    assert faulty.proxy is not None
     faulty.proxy.stop()
     try:
         assert faulty.server.request("POST", f"/write?key={lost}").status == 500

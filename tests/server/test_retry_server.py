@@ -36,7 +36,13 @@ def ledger(db_name: str, tmp_path: Path) -> Iterator[str]:
         yield url
 
 
-def serve(gunicorn: Serve, database: str, framework: str, retries: int) -> Gunicorn:
+def serve(
+    gunicorn: Serve,
+    database: str,
+    framework: str,
+    retries: int,
+    env: dict[str, str] | None = None,
+) -> Gunicorn:
     """The ledger on ``framework``, in 2 workers of 8 threads each."""
     return gunicorn(
         SERVED[framework],
@@ -44,7 +50,7 @@ def serve(gunicorn: Serve, database: str, framework: str, retries: int) -> Gunic
         worker_class="gthread",
         workers=2,
         threads=8,
-        env={"RETRIES": str(retries)},
+        env={"RETRIES": str(retries), **(env or {})},
     )
 
 
@@ -74,7 +80,11 @@ def stored(url: str) -> dict[str, int]:
 def test_conflicting_serializable_requests_all_succeed_as_if_run_one_by_one(
     gunicorn: Serve, ledger: str, framework: str
 ) -> None:
-    server = serve(gunicorn, ledger, framework, retries=30)
+    check_serial_ledger(serve(gunicorn, ledger, framework, retries=30), ledger)
+
+
+def check_serial_ledger(server: Gunicorn, ledger: str) -> None:
+    """A burst at ``server``: every request ends 201, the ledger equals a serial run."""
     replies = burst(server)
     assert sorted(status for status, _ in replies.values()) == [201] * REQUESTS
     ledger_rows = stored(ledger)

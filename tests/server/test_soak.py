@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import http.client
 import os
 import random
@@ -169,27 +170,43 @@ def expected_tags(seen: list[Seen]) -> set[str]:
 
 @dataclass
 class Soak:
+    """The soak's server, and an engine straight to the database for the checks."""
+
     server: Gunicorn
     engine: Engine
 
 
-@pytest.fixture
-def soak(db_name: str, tmp_path: Path, gunicorn: Serve) -> Iterator[Soak]:
-    url = database_url(db_name, tmp_path)
+@contextlib.contextmanager
+def soak_server(
+    serve: Serve, url: str, *, through: str | None = None, env: dict[str, str] | None = None
+) -> Iterator[Soak]:
+    """The soak's tables on ``url`` and its server, reaching them through ``through``.
+
+    ``through`` is the URL the workers use (a pooler in front of ``url``); the
+    tables and the checks always go straight to ``url``.
+    """
     with app_tables(SOAK_APP, url) as module:
         with module.engine.begin() as connection:
             connection.execute(text("INSERT INTO soak_counter (id, value) VALUES (1, 0)"))
         engine = create_engine(url)
-        server = gunicorn(
-            "soak_app:app",
-            database=url,
-            worker_class="gthread",
-            workers=2,
-            threads=8,
-            env={"SOAK_RETRIES": "10"},
-        )
-        yield Soak(server, engine)
-        engine.dispose()
+        try:
+            server = serve(
+                "soak_app:app",
+                database=through or url,
+                worker_class="gthread",
+                workers=2,
+                threads=8,
+                env={"SOAK_RETRIES": "10", **(env or {})},
+            )
+            yield Soak(server, engine)
+        finally:
+            engine.dispose()
+
+
+@pytest.fixture
+def soak(db_name: str, tmp_path: Path, gunicorn: Serve) -> Iterator[Soak]:
+    with soak_server(gunicorn, database_url(db_name, tmp_path)) as running:
+        yield running
 
 
 def drive(server: Gunicorn, plan: list[tuple[str, str]]) -> list[Seen]:
@@ -210,6 +227,11 @@ def diag_of_every_worker(server: Gunicorn) -> dict[int, dict[str, int]]:
 
 
 def test_soak_database_equals_what_the_clients_saw(soak: Soak) -> None:
+    run_soak(soak)
+
+
+def run_soak(soak: Soak, label: str = "") -> None:
+    """Drive the seeded mix at the soak's server, print the figures, check everything."""
     rng = random.Random(SEED)
     kinds, weights = zip(*MIX.items(), strict=True)
     plan = [(rng.choices(kinds, weights)[0], uuid.uuid4().hex) for _ in range(REQUESTS)]
@@ -226,8 +248,9 @@ def test_soak_database_equals_what_the_clients_saw(soak: Soak) -> None:
     outcomes = collections.Counter((s.kind, s.status) for s in seen)
     retried = soak.server.log.read_text().count("failed with a transient error")
     print(
-        f"\nsoak (seed {SEED}): {len(seen)} requests by {CLIENTS} clients in {duration:.1f} s "
-        f"({len(seen) / duration:.0f}/s); retries after serialization failures: {retried}"
+        f"\nsoak{label} (seed {SEED}): {len(seen)} requests by {CLIENTS} clients in "
+        f"{duration:.1f} s ({len(seen) / duration:.0f}/s); "
+        f"retries after serialization failures: {retried}"
     )
     for pid in workers:
         print(
