@@ -10,6 +10,7 @@ the database under test.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -192,6 +193,10 @@ def test_worker_removes_the_session_after_every_task(
     with pytest.raises(Boom):
         add_job_then_fail.delay("b").get(timeout=30, interval=0.01)
 
+    # task_postrun fires after the result is stored: the worker thread may not be there yet.
+    deadline = time.monotonic() + 10
+    while len(left_in_worker_registry) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert left_in_worker_registry == [False, False]
     assert probe.checked_out() == 0
 
