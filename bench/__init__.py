@@ -8,8 +8,8 @@ the systems are measured in one run, interleaved, so that whatever else
 the machine is doing falls on all of them alike:
 
 * :mod:`bench.apps` builds the five systems and the four requests;
-* :mod:`bench.counting` counts SQL round trips with SQLAlchemy events;
-* :mod:`bench.inprocess` times the WSGI applications called directly;
+* :mod:`bench.inprocess` times the WSGI applications called directly and counts
+  their SQL round trips with :func:`wsgi_sqla.testing.count_round_trips`;
 * :mod:`bench.endtoend` measures requests per second through gunicorn;
 * :mod:`bench.report` writes ``bench/results.md`` and ``bench/results.png``;
 * ``python -m bench`` (:mod:`bench.run`) runs all of it.

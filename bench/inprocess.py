@@ -22,13 +22,14 @@ import gc
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from werkzeug.test import EnvironBuilder
 
+from wsgi_sqla import testing
+
 from .apps import Request, System
-from .counting import RoundTrips, counting
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
@@ -163,11 +164,10 @@ def count_round_trips(system: System, request: Request, *, requests: int) -> dic
     """Round trips per request of ``system`` serving ``request`` ``requests`` times."""
     environ = environ_for(request)
     _check(system, request, environ)
-    counts: RoundTrips
-    with counting(system.engine) as counts:
+    with testing.count_round_trips(system.engine) as counts:
         for _ in range(requests):
             call(system.app, environ)
-    return counts.per_request(requests)
+    return {kind: count / requests for kind, count in asdict(counts).items()}
 
 
 def _plain_app(environ: WSGIEnvironment, start_response: Any) -> list[bytes]:

@@ -19,6 +19,7 @@ import webtest
 from celery.contrib.testing.worker import start_worker
 from celery.signals import after_task_publish, before_task_publish
 from sqlalchemy import Engine, event, text
+from support import Boom
 
 from wsgi_sqla import (
     SessionMiddleware,
@@ -29,10 +30,6 @@ from wsgi_sqla import (
 )
 
 App = Callable[[Any, Any], list[bytes]]
-
-
-class Boom(Exception):
-    """Raised by the code under test; nothing else raises it."""
 
 
 def wsgi(session: Any, view: Callable[[], str]) -> webtest.TestApp:

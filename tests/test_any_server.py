@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Models, Probe, Server
 from sqlalchemy.exc import IntegrityError
+from support import FakeServer, Models, Probe
 
 from wsgi_sqla import SessionMiddleware, after_commit
 
@@ -77,9 +77,9 @@ def raising(models: Models) -> Any:
 
 
 def test_raising_application_gets_a_500_that_reveals_nothing(
-    session: Any, models: Models, probe: Probe, server: Server
+    session: Any, models: Models, probe: Probe, fake_server: FakeServer
 ) -> None:
-    seen = server.request(SessionMiddleware(raising(models), session))
+    seen = fake_server(SessionMiddleware(raising(models), session))
     assert seen.status == "500 Internal Server Error"
     assert seen.body == b"Internal Server Error\n"
     assert isinstance(seen.error, LookupError), "close() must raise the request's exception"
@@ -88,17 +88,17 @@ def test_raising_application_gets_a_500_that_reveals_nothing(
 
 
 def test_outer_middleware_sees_the_applications_exception_at_close(
-    session: Any, models: Models, server: Server
+    session: Any, models: Models, fake_server: FakeServer
 ) -> None:
     outer = Recorder(SessionMiddleware(raising(models), session))
-    seen = server.request(outer)
+    seen = fake_server(outer)
     assert seen.status == "500 Internal Server Error"
     assert [(where, type(exc)) for where, exc in outer.caught] == [("close", LookupError)]
     assert outer.caught[0][1] is seen.error
 
 
 def test_outer_middleware_sees_a_failed_commit_at_close(
-    session: Any, models: Models, engine: Any, probe: Probe, server: Server
+    session: Any, models: Models, engine: Any, probe: Probe, fake_server: FakeServer
 ) -> None:
     if engine.dialect.name in ("mysql", "mariadb"):
         pytest.skip("MariaDB has no deferrable constraints: nothing passes flush and fails COMMIT")
@@ -110,41 +110,41 @@ def test_outer_middleware_sees_a_failed_commit_at_close(
         return [b"created"]
 
     outer = Recorder(SessionMiddleware(app, session))
-    seen = server.request(outer)
+    seen = fake_server(outer)
     assert seen.status == "500 Internal Server Error"
     assert [(where, type(exc)) for where, exc in outer.caught] == [("close", IntegrityError)]
     assert probe.names() == []
 
 
 def test_the_exception_is_logged_with_its_traceback(
-    session: Any, models: Models, server: Server, caplog: pytest.LogCaptureFixture
+    session: Any, models: Models, fake_server: FakeServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.ERROR, logger="wsgi_sqla"):
-        server.request(SessionMiddleware(raising(models), session))
+        fake_server(SessionMiddleware(raising(models), session))
     [record] = [r for r in caplog.records if r.name == "wsgi_sqla"]
     assert "answered 500" in record.getMessage()
     assert record.exc_info is not None and record.exc_info[0] is LookupError
 
 
 def test_errors_propagate_leaves_the_exception_in_the_call(
-    session: Any, models: Models, probe: Probe, server: Server
+    session: Any, models: Models, probe: Probe, fake_server: FakeServer
 ) -> None:
     outer = Recorder(SessionMiddleware(raising(models), session, errors="propagate"))
-    seen = server.request(outer)
+    seen = fake_server(outer)
     assert seen.status is None
     assert [(where, type(exc)) for where, exc in outer.caught] == [("call", LookupError)]
     assert probe.names() == []
 
 
 def test_an_error_after_the_response_began_still_propagates(
-    session: Any, models: Models, server: Server
+    session: Any, models: Models, fake_server: FakeServer
 ) -> None:
     def app(environ: Any, start_response: Any) -> list[bytes]:
         write = start_response("200 OK", [])
         write(b"partial")
         raise LookupError("too late for a 500")
 
-    seen = server.request(SessionMiddleware(app, session))
+    seen = fake_server(SessionMiddleware(app, session))
     assert seen.status == "200 OK"
     assert isinstance(seen.error, LookupError)
 
@@ -245,11 +245,15 @@ def test_a_file_wrapper_answer_that_is_vetoed_rolls_back_and_is_still_handed_bac
 def test_a_file_wrapper_wrapped_again_by_the_application_goes_through_the_middleware(
     session: Any, models: Models, probe: Probe, download: Path
 ) -> None:
+    made: list[FileWrapper] = []
+
     def app(environ: Any, start_response: Any) -> Any:
         start_response("200 OK", [])
-        return iter(environ["wsgi.file_wrapper"](open(download, "rb")))
+        made.append(environ["wsgi.file_wrapper"](open(download, "rb")))  # noqa: SIM115
+        return iter(made[0])
 
     body, _ = serve_with(FileWrapper, SessionMiddleware(app, session))
     assert not isinstance(body, FileWrapper)
     assert b"".join(body) == download.read_bytes()
     body.close()
+    made[0].close()

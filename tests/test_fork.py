@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import make_engine
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import scoped_session, sessionmaker
+from support import make_engine
 
 from wsgi_sqla import SessionMiddleware, fork_safe
 

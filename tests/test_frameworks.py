@@ -1,8 +1,4 @@
-"""Flask, Bottle, Pyramid and Falcon under the middleware, in process.
-
-Streamed bodies (which hand-written hooks get wrong), Bottle's generator
-routes, each framework's commit/rollback/raise, and each one's file response.
-"""
+"""Flask and Bottle idioms that hand-written hooks get wrong: streamed bodies."""
 
 from __future__ import annotations
 
@@ -16,7 +12,7 @@ import bottle
 import flask
 import pytest
 import webtest
-from conftest import Models, Probe, Server
+from support import FakeServer, Models, Probe
 
 from wsgi_sqla import SessionMiddleware
 
@@ -75,7 +71,7 @@ def test_bottle_generator_body_commits_after_streaming(
 
 
 def test_bottle_generator_route_commits_its_work_up_to_the_first_yield_even_if_cut(
-    session: Any, models: Models, probe: Probe, server: Server
+    session: Any, models: Models, probe: Probe, fake_server: FakeServer
 ) -> None:
     """Bottle pulls the first chunk before start_response: that work is the decided unit.
 
@@ -93,7 +89,7 @@ def test_bottle_generator_route_commits_its_work_up_to_the_first_yield_even_if_c
         models.User(name="after-first-yield").save()
         yield "two;"
 
-    seen = server.request(SessionMiddleware(app, session), disconnect_after=1)
+    seen = fake_server(SessionMiddleware(app, session), disconnect_after=1)
     assert seen.events[0] == ("start_response", ("200 OK", ["before-first-yield"]))
     assert probe.names() == ["before-first-yield"]
 

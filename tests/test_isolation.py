@@ -18,6 +18,7 @@ import webtest
 from sqlalchemy import Engine, create_engine, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
+from support import Boom
 
 from wsgi_sqla import (
     SessionMiddleware,
@@ -27,10 +28,6 @@ from wsgi_sqla import (
     reset_schema,
     transaction,
 )
-
-
-class Boom(Exception):
-    """Raised by the code under test; nothing else raises it."""
 
 
 def users_app(session: Any, models: Any) -> webtest.TestApp:
@@ -53,19 +50,9 @@ def users_app(session: Any, models: Any) -> webtest.TestApp:
 # -- what the code under test sees -------------------------------------------------
 
 
-def test_requests_commit_into_savepoints_visible_to_later_requests(
+def test_requests_commit_into_savepoints_and_a_rolled_back_one_undoes_only_its_own(
     session: Any, models: Any
 ) -> None:
-    client = users_app(session, models)
-
-    with isolated(session):
-        client.post("/?name=ann", status=201)
-        client.post("/?name=bob", status=201)
-
-        assert client.get("/").text == "ann,bob"
-
-
-def test_a_rolled_back_request_undoes_only_its_own_savepoint(session: Any, models: Any) -> None:
     client = users_app(session, models)
 
     with isolated(session):

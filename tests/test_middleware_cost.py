@@ -1,132 +1,99 @@
 """Contract point 9: what a request costs in Sessions, pool checkouts and SQL.
 
-Counts are exact and read from SQLAlchemy's own events, so they can be
-asserted; timings are measured in bench/, never here.
+Counts are exact and read from SQLAlchemy's own events
+(:func:`wsgi_sqla.testing.count_round_trips`), so they can be asserted;
+timings are measured in bench/, never here.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import webtest
-from conftest import Models
-from sqlalchemy import Engine, event, select
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
+from support import Models, answering, serve
 
 from wsgi_sqla import SessionMiddleware
+from wsgi_sqla.testing import RoundTrips, count_round_trips
+
+Work = Callable[[scoped_session[Any], Models], None]
 
 
-class Tally:
-    """Counts Session objects, pool checkouts, statements, COMMITs and ROLLBACKs."""
+def nothing(session: scoped_session[Any], models: Models) -> None:
+    pass
 
-    def __init__(self, engine: Engine) -> None:
-        self.counts: Counter[str] = Counter()
-        tally = self
 
-        class CountedSession(Session):
-            def __init__(self, *args: Any, **kwargs: Any) -> None:
-                tally.counts["sessions"] += 1
-                super().__init__(*args, **kwargs)
+def read(session: scoped_session[Any], models: Models) -> None:
+    session.execute(select(models.User).where(models.User.id == 1)).first()
 
-        self.session_class = CountedSession
-        self._listeners = [
-            (engine.pool, "checkout", self._count("checkouts")),
-            (engine, "before_cursor_execute", self._count("statements")),
-            (engine, "commit", self._count("commits")),
-            (engine, "rollback", self._count("rollbacks")),
-        ]
-        for target, name, fn in self._listeners:
-            event.listen(target, name, fn)
 
-    def _count(self, key: str) -> Any:
-        def listener(*args: Any, **kwargs: Any) -> None:
-            self.counts[key] += 1
+def insert(session: scoped_session[Any], models: Models) -> None:
+    session.add(models.User(name="ann"))
 
-        return listener
 
-    def remove(self) -> None:
-        for target, name, fn in self._listeners:
-            event.remove(target, name, fn)
+def flushed_insert(session: scoped_session[Any], models: Models) -> None:
+    insert(session, models)
+    session.flush()
+
+
+class Created:
+    """How many Session objects were created."""
+
+    sessions = 0
 
 
 @pytest.fixture
-def tally(engine: Engine, models: Models) -> Iterator[Tally]:
+def counted_session(engine: Engine, models: Models) -> Iterator[tuple[Any, Created]]:
+    """A scoped session whose Session objects are counted, on a connected engine."""
     with engine.connect():
         pass  # the dialect's first-connect queries are not the request's
-    counted = Tally(engine)
-    yield counted
-    counted.remove()
+    created = Created()
 
+    class CountedSession(Session):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            created.sessions += 1
+            super().__init__(*args, **kwargs)
 
-@pytest.fixture
-def counted_session(engine: Engine, tally: Tally) -> Iterator[scoped_session[Any]]:
-    scoped = scoped_session(sessionmaker(bind=engine, class_=tally.session_class))
-    yield scoped
+    scoped = scoped_session(sessionmaker(bind=engine, class_=CountedSession))
+    yield scoped, created
     scoped.remove()
 
 
-def run(app: Any, session: Any, status: int = 200) -> None:
-    webtest.TestApp(SessionMiddleware(app, session)).get("/", status=status)
+# The pool's reset on return (``resets``) is a no-op on psycopg outside a
+# transaction, a real ROLLBACK on PyMySQL; the hand-written code pays it too.
+COMMITTED = RoundTrips(statements=1, begin=1, commit=1, checkouts=1, resets=1)
 
 
-def test_request_that_never_touches_the_database_costs_nothing(
-    counted_session: Any, tally: Tally
+@pytest.mark.parametrize(
+    ("work", "status", "sessions", "cost"),
+    [
+        pytest.param(nothing, "200 OK", 0, RoundTrips(), id="never-touches-the-database"),
+        pytest.param(read, "200 OK", 1, COMMITTED, id="read"),
+        pytest.param(insert, "201 Created", 1, COMMITTED, id="insert"),
+        pytest.param(
+            flushed_insert,
+            "400 Bad Request",
+            1,
+            RoundTrips(statements=1, begin=1, rollback=1, checkouts=1, resets=1),
+            id="flushed-insert-then-400",
+        ),
+        pytest.param(insert, "400 Bad Request", 1, RoundTrips(), id="unflushed-insert-then-400"),
+    ],
+)
+def test_request_costs_exactly(
+    counted_session: tuple[Any, Created],
+    models: Models,
+    engine: Engine,
+    work: Work,
+    status: str,
+    sessions: int,
+    cost: RoundTrips,
 ) -> None:
-    def app(environ: Any, start_response: Any) -> list[bytes]:
-        start_response("200 OK", [("Content-Type", "text/plain")])
-        return [b"no database here"]
-
-    run(app, counted_session)
-    assert tally.counts == Counter()
-
-
-def test_read_costs_one_checkout_one_statement_one_commit(
-    counted_session: Any, tally: Tally, models: Models
-) -> None:
-    def app(environ: Any, start_response: Any) -> list[bytes]:
-        counted_session.execute(select(models.User).where(models.User.id == 1)).first()
-        start_response("200 OK", [("Content-Type", "text/plain")])
-        return [b""]
-
-    run(app, counted_session)
-    assert tally.counts == Counter(sessions=1, checkouts=1, statements=1, commits=1)
-
-
-def test_insert_costs_one_checkout_one_statement_one_commit(
-    counted_session: Any, tally: Tally, models: Models
-) -> None:
-    def app(environ: Any, start_response: Any) -> list[bytes]:
-        counted_session.add(models.User(name="ann"))
-        start_response("201 Created", [("Content-Type", "text/plain")])
-        return [b""]
-
-    run(app, counted_session, 201)
-    assert tally.counts == Counter(sessions=1, checkouts=1, statements=1, commits=1)
-
-
-def test_insert_that_ends_400_costs_one_statement_and_one_rollback(
-    counted_session: Any, tally: Tally, models: Models
-) -> None:
-    def app(environ: Any, start_response: Any) -> list[bytes]:
-        counted_session.add(models.User(name="ann"))
-        counted_session.flush()
-        start_response("400 Bad Request", [("Content-Type", "text/plain")])
-        return [b""]
-
-    run(app, counted_session, 400)
-    assert tally.counts == Counter(sessions=1, checkouts=1, statements=1, rollbacks=1)
-
-
-def test_unflushed_work_that_ends_400_sends_no_statement(
-    counted_session: Any, tally: Tally, models: Models
-) -> None:
-    def app(environ: Any, start_response: Any) -> list[bytes]:
-        counted_session.add(models.User(name="ann"))
-        start_response("400 Bad Request", [("Content-Type", "text/plain")])
-        return [b""]
-
-    run(app, counted_session, 400)
-    assert tally.counts == Counter(sessions=1)
+    session, created = counted_session
+    app = SessionMiddleware(answering(status, lambda: work(session, models)), session)
+    with count_round_trips(engine) as counts:
+        assert serve(app).status == status
+    assert counts == cost
+    assert created.sessions == sessions

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import ClosingBody, Models, Probe, Server
 from sqlalchemy import select
+from support import ClosingBody, FakeServer, Models, Probe
 
 from wsgi_sqla import SessionMiddleware, StaleSessionWarning
 
@@ -33,7 +33,7 @@ def streaming(models: Models, status: str = "200 OK", fail: bool = False) -> Any
 
 
 def test_sessions_stay_usable_while_the_body_streams(
-    session: Any, models: Models, server: Server
+    session: Any, models: Models, fake_server: FakeServer
 ) -> None:
     def app(environ: Any, start_response: Any) -> Iterator[bytes]:
         user = models.User(name="ann").save()
@@ -48,47 +48,40 @@ def test_sessions_stay_usable_while_the_body_streams(
 
         return template()
 
-    seen = server.request(SessionMiddleware(app, session))
+    seen = fake_server(SessionMiddleware(app, session))
     assert seen.error is None
     assert seen.body == b"ann:hello"
 
 
 def test_work_done_while_streaming_is_committed_at_close(
-    session: Any, models: Models, probe: Probe, server: Server
+    session: Any, models: Models, probe: Probe, fake_server: FakeServer
 ) -> None:
-    seen = server.request(SessionMiddleware(streaming(models), session))
+    seen = fake_server(SessionMiddleware(streaming(models), session))
     assert seen.events[0] == ("start_response", ("200 OK", ["ann"]))
     assert probe.names() == ["ann", "tail"]
 
 
-def test_work_done_while_streaming_is_rolled_back_when_iteration_raises(
-    session: Any, models: Models, probe: Probe, server: Server
+@pytest.mark.parametrize(
+    ("options", "served", "kept", "error"),
+    [
+        pytest.param({"fail": True}, {}, ["ann"], RuntimeError, id="iteration-raises"),
+        pytest.param({"status": "400 Bad Request"}, {}, [], None, id="error-status"),
+        pytest.param({}, {"disconnect_after": 2}, ["ann"], None, id="client-disconnects"),
+    ],
+)
+def test_work_done_while_streaming_is_rolled_back_unless_the_body_ends_cleanly(
+    session: Any,
+    models: Models,
+    probe: Probe,
+    fake_server: FakeServer,
+    options: dict[str, Any],
+    served: dict[str, Any],
+    kept: list[str],
+    error: type[Exception] | None,
 ) -> None:
-    seen = server.request(SessionMiddleware(streaming(models, fail=True), session))
-    assert isinstance(seen.error, RuntimeError)
-    assert probe.names() == ["ann"]
-
-
-def test_work_done_while_streaming_is_rolled_back_when_the_response_was(
-    session: Any, models: Models, probe: Probe, server: Server
-) -> None:
-    server.request(SessionMiddleware(streaming(models, status="400 Bad Request"), session))
-    assert probe.names() == []
-
-
-def test_work_done_while_streaming_is_rolled_back_when_the_client_disconnects(
-    session: Any, models: Models, probe: Probe, server: Server
-) -> None:
-    def app(environ: Any, start_response: Any) -> Iterator[bytes]:
-        start_response("200 OK", [])
-        yield b"one;"
-        models.User(name="tail").save()
-        yield b"two;"
-        yield b"three;"
-
-    seen = server.request(SessionMiddleware(app, session), disconnect_after=2)
-    assert seen.body == b"one;two;"
-    assert probe.names() == []
+    seen = fake_server(SessionMiddleware(streaming(models, **options), session), **served)
+    assert type(seen.error) is (error or type(None))
+    assert probe.names() == kept
     assert probe.checked_out() == 0
 
 
@@ -110,19 +103,19 @@ def test_body_is_streamed_not_buffered(session: Any, models: Models) -> None:
     body.close()  # type: ignore[attr-defined]
 
 
-OUTCOMES = {
-    "normal end": {},
-    "error while iterating": {"fail_at": 1},
-    "client disconnect": {"disconnect_after": 1},
-    "error status": {"status": "500 Internal Server Error"},
-}
-
-
-@pytest.mark.parametrize("outcome", list(OUTCOMES))
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        pytest.param({}, id="normal-end"),
+        pytest.param({"fail_at": 1}, id="error-while-iterating"),
+        pytest.param({"disconnect_after": 1}, id="client-disconnect"),
+        pytest.param({"status": "500 Internal Server Error"}, id="error-status"),
+    ],
+)
 def test_application_iterable_is_closed_exactly_once(
-    session: Any, models: Models, probe: Probe, server: Server, outcome: str
+    session: Any, models: Models, probe: Probe, fake_server: FakeServer, outcome: dict[str, Any]
 ) -> None:
-    options = dict(OUTCOMES[outcome])
+    options = dict(outcome)
     body = ClosingBody([b"a", b"b"], fail_at=options.pop("fail_at", None))
     status = options.pop("status", "200 OK")
 
@@ -131,7 +124,7 @@ def test_application_iterable_is_closed_exactly_once(
         start_response(status, [])
         return body
 
-    server.request(SessionMiddleware(app, session), **options)
+    fake_server(SessionMiddleware(app, session), **options)
     assert body.closes == 1
     assert not session.registry.has(), "the session was not removed"
     assert probe.checked_out() == 0
@@ -154,7 +147,7 @@ def test_server_calling_close_twice_closes_the_application_once(
 
 
 def test_application_close_that_raises_still_removes_the_session(
-    session: Any, models: Models, probe: Probe, server: Server
+    session: Any, models: Models, probe: Probe, fake_server: FakeServer
 ) -> None:
     class BadClose(ClosingBody):
         def close(self) -> None:
@@ -180,10 +173,10 @@ def test_application_close_that_raises_still_removes_the_session(
 
 
 def test_session_left_by_a_server_that_never_closed_is_rolled_back_with_a_warning(
-    session: Any, models: Models, probe: Probe, server: Server
+    session: Any, models: Models, probe: Probe, fake_server: FakeServer
 ) -> None:
     middleware = SessionMiddleware(streaming(models), session)
-    server.request(middleware, close=False)
+    fake_server(middleware, close=False)
     assert session.registry.has(), "precondition: the tail's session is still there"
 
     def next_app(environ: Any, start_response: Any) -> list[bytes]:
@@ -193,13 +186,13 @@ def test_session_left_by_a_server_that_never_closed_is_rolled_back_with_a_warnin
         return [b""]
 
     with pytest.warns(StaleSessionWarning, match="rolled back and removed"):
-        server.request(SessionMiddleware(next_app, session))
+        fake_server(SessionMiddleware(next_app, session))
     assert probe.names() == ["ann", "next"], "the unclosed request's tail must not commit"
     assert probe.checked_out() == 0
 
 
 def test_decision_and_reason_are_logged_at_debug(
-    session: Any, models: Models, server: Server, caplog: pytest.LogCaptureFixture
+    session: Any, models: Models, fake_server: FakeServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     def app(environ: Any, start_response: Any) -> list[bytes]:
         session.execute(select(1))
@@ -209,9 +202,9 @@ def test_decision_and_reason_are_logged_at_debug(
         return [b""]
 
     with caplog.at_level(logging.DEBUG, logger="wsgi_sqla"):
-        server.request(SessionMiddleware(app, session), "/201-Created")
-        server.request(SessionMiddleware(app, session), "/404-Not-Found")
-        server.request(SessionMiddleware(app, session), "/raise")
+        fake_server(SessionMiddleware(app, session), path="/201-Created")
+        fake_server(SessionMiddleware(app, session), path="/404-Not-Found")
+        fake_server(SessionMiddleware(app, session), path="/raise")
     messages = [r.getMessage() for r in caplog.records if r.name == "wsgi_sqla"]
     assert messages == [
         "committed /201-Created (not vetoed): 201 Created",

@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import Models, Probe
 from sqlalchemy import Engine, String
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from support import Models, Probe
 
 from wsgi_sqla import ActiveRecordMixin, declarative_base
 

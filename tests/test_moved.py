@@ -9,30 +9,32 @@ import pytest
 
 import wsgi_sqla
 
-MOVED = [
-    pytest.param("wsgi_sqla.unit", name, id=f"unit.{name}")
-    for name in (
+OLD_PATHS = {
+    "wsgi_sqla.unit": (
         "StaleSessionWarning",
         "UnitOfWork",
         "after_commit",
         "current_unit",
         "force_commit",
         "force_rollback",
-    )
-] + [
-    pytest.param("wsgi_sqla.middleware", "SessionMiddleware", id="middleware.SessionMiddleware"),
-    pytest.param("wsgi_sqla.middleware", "CommitVeto", id="middleware.CommitVeto"),
-    pytest.param("wsgi_sqla.middleware", "default_commit_veto", id="middleware.default_veto"),
-    pytest.param("wsgi_sqla.blocks", "transaction", id="blocks.transaction"),
-    pytest.param("wsgi_sqla.retry", "is_transient_error", id="retry.is_transient_error"),
-    pytest.param("wsgi_sqla.retry", "report_exception", id="retry.report_exception"),
-    pytest.param("wsgi_sqla.retry", "report_flask_exceptions", id="retry.report_flask"),
-    pytest.param("wsgi_sqla.retry", "report_bottle_exceptions", id="retry.report_bottle"),
-    pytest.param("wsgi_sqla.retry", "POSTGRESQL_TRANSIENT_SQLSTATES", id="retry.pg_states"),
-    pytest.param("wsgi_sqla.retry", "MYSQL_TRANSIENT_ERRORS", id="retry.mysql_errors"),
-    pytest.param("wsgi_sqla.fork", "fork_safe", id="fork.fork_safe"),
-    pytest.param("wsgi_sqla.model", "ActiveRecordMixin", id="model.ActiveRecordMixin"),
-    pytest.param("wsgi_sqla.model", "declarative_base", id="model.declarative_base"),
+    ),
+    "wsgi_sqla.middleware": ("CommitVeto", "SessionMiddleware", "default_commit_veto"),
+    "wsgi_sqla.blocks": ("transaction",),
+    "wsgi_sqla.retry": (
+        "MYSQL_TRANSIENT_ERRORS",
+        "POSTGRESQL_TRANSIENT_SQLSTATES",
+        "is_transient_error",
+        "report_bottle_exceptions",
+        "report_exception",
+        "report_flask_exceptions",
+    ),
+    "wsgi_sqla.fork": ("fork_safe",),
+    "wsgi_sqla.model": ("ActiveRecordMixin", "declarative_base"),
+}
+MOVED = [
+    pytest.param(old, name, id=f"{old.removeprefix('wsgi_sqla.')}.{name}")
+    for old, names in OLD_PATHS.items()
+    for name in names
 ]
 
 

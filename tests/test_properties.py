@@ -8,7 +8,8 @@ status codes from 200 to 500; returning a list, a generator that calls
 handler); writing before the decision and while streaming; overriding the
 decision; a write whose COMMIT fails; transient errors on the first
 attempts with retries on; and a client that hangs up part-way through the
-body. A small server drives each one as gunicorn would, and the invariants
+body. The tests' one in-process server (:func:`support.serve`) drives each
+one as gunicorn would, and the invariants
 are checked against what that server saw, not against how the middleware
 works inside:
 
@@ -26,7 +27,6 @@ works inside:
 
 from __future__ import annotations
 
-import io
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,21 +34,17 @@ from typing import Any
 
 import psycopg.errors
 import pytest
-from conftest import Models, Probe
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
+from support import Boom, Models, Probe, serve
 
 import wsgi_sqla._retry
 from wsgi_sqla import SessionMiddleware, force_commit, force_rollback
 from wsgi_sqla._middleware import ERROR_HEADERS
 
 RETRIES = 2
-
-
-class Boom(Exception):
-    """The application's own failure."""
 
 
 @dataclass(frozen=True)
@@ -86,14 +82,8 @@ behaviours = st.builds(
 
 @dataclass
 class Seen:
-    """What the server saw of one request, and what the application did."""
+    """What the application did (what the server saw is :class:`support.Exchange`)."""
 
-    status: str | None = None
-    committed_at_status: list[str] | None = None
-    chunks: int = 0
-    hung_up: bool = False
-    finished: bool = False
-    error: BaseException | None = None
     closes: int = 0
     attempts: int = 0
     returned: bool = False  # the application returned its body
@@ -183,54 +173,6 @@ def application(b: Behaviour, seen: Seen, models: Models) -> Any:
     return app
 
 
-def serve(app: Any, b: Behaviour, seen: Seen, probe: Probe) -> None:
-    """Drive ``app`` as a WSGI server does; a client may hang up part-way through."""
-
-    def write(data: bytes) -> None:
-        seen.chunks += 1
-
-    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
-        if exc_info is not None and seen.chunks:
-            raise exc_info[1].with_traceback(exc_info[2])
-        if headers == ERROR_HEADERS:
-            # The middleware's own 500: nothing of the application's got out.
-            seen.status = None
-            return write
-        seen.status = status
-        seen.committed_at_status = probe.names()
-        return write
-
-    environ = {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": "/",
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "80",
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(),
-        "wsgi.errors": sys.stderr,
-    }
-    try:
-        body = app(environ, start_response)
-    except Exception as exc:
-        seen.error = exc
-        return
-    try:
-        for _ in body:
-            seen.chunks += 1
-            if b.hang_up_after is not None and seen.chunks >= b.hang_up_after:
-                seen.hung_up = True
-                break
-        else:
-            seen.finished = True
-    except Exception as exc:
-        seen.error = exc
-    finally:
-        try:
-            body.close()
-        except Exception as exc:  # the middleware's 500 raises the request's error here
-            seen.error = exc
-
-
 def commits(status: str, override: str | None) -> bool:
     """The rule, from the contract: the override wins, else commit below 400."""
     if override is not None:
@@ -258,26 +200,26 @@ def test_database_matches_what_the_server_saw(
         connection.execute(text("DELETE FROM wsgi_sqla_users"))
     seen = Seen()
     middleware = SessionMiddleware(application(b, seen, models), session, retries=RETRIES)
-    serve(middleware, b, seen, probe)
+    exchange = serve(middleware, on_start_response=probe.names, disconnect_after=b.hang_up_after)
     committed = probe.names()
 
     # Transiently failed attempts: retried while retries were left, never kept.
     assert seen.attempts == min(b.transient_failures, RETRIES) + 1
     assert not [name for name in committed if name.startswith("attempt")]
 
-    if seen.status is None:
+    if exchange.status is None or exchange.headers == ERROR_HEADERS:
+        # Nothing of the application's reached the server (at most the middleware's own 500).
         assert committed == [], f"nothing reached the server, yet {committed} was committed"
     else:
-        decision = commits(seen.status, b.override)
+        decision = commits(exchange.status, b.override)
         assert not (b.dangling and decision and engine.dialect.name != "mariadb"), (
             "a COMMIT that must fail let its status through"
         )
         assert ("before" in committed) == (seen.wrote_before and decision)
-        assert seen.committed_at_status is not None
-        assert ("before" in seen.committed_at_status) == ("before" in committed), (
+        assert ("before" in exchange.at_status) == ("before" in committed), (
             "the decision was not taken before the status reached the server"
         )
-        finished = seen.finished and seen.error is None
+        finished = exchange.finished and exchange.error is None
         assert ("stream" in committed) == (seen.wrote_stream and decision and finished)
 
     assert seen.closes == (1 if seen.returned else 0)

@@ -17,18 +17,17 @@ from sqlalchemy import Engine
 
 pytest_plugins = ["pytester"]
 
-CONFTEST = """
+# The user's application, as a module of the suite.
+APP = """
 import os
 
-import pytest
 import webob
 import webob.dec
-import webtest
 from sqlalchemy import String, create_engine, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, scoped_session, sessionmaker
 
-from wsgi_sqla import ActiveRecordMixin, SessionMiddleware
+from wsgi_sqla import ActiveRecordMixin
 
 engine = create_engine(os.environ["WSGI_SQLA_PLUGIN_TEST_URL"])
 db = scoped_session(sessionmaker(bind=engine))
@@ -53,6 +52,20 @@ def users(request):
             return webob.Response("taken", status=409)
         return webob.Response("added", status=201)
     return webob.Response(",".join(db.scalars(select(User.name).order_by(User.name))))
+"""
+
+CONFTEST = """
+import pytest
+import webtest
+from users_app import db, engine, users
+
+from wsgi_sqla import SessionMiddleware
+
+
+@pytest.fixture(scope="session", autouse=True)
+def close_the_connections():
+    yield
+    engine.dispose()
 
 
 @pytest.fixture
@@ -79,6 +92,7 @@ def suite(
     monkeypatch.setenv(
         "WSGI_SQLA_PLUGIN_TEST_URL", engine.url.render_as_string(hide_password=False)
     )
+    pytester.makepyfile(users_app=APP)
     pytester.makeconftest(CONFTEST + OVERRIDE)
     return pytester
 
@@ -89,100 +103,90 @@ def test_plugin_is_registered_through_the_pytest11_entry_point() -> None:
     assert plugin.value == "wsgi_sqla.pytest_plugin"
 
 
-def test_requests_commit_for_the_test_and_nothing_is_left_after_it(
-    suite: pytest.Pytester, probe: Any
+# Usefixtures through the ini file, as the README suggests: every test of the project isolated.
+ISOLATE_ALL = """
+[pytest]
+usefixtures = wsgi_sqla_db
+"""
+
+
+@pytest.mark.parametrize(
+    ("tests", "ini", "outcomes"),
+    [
+        pytest.param(
+            """
+            def test_signup(client, wsgi_sqla_db):
+                client.post("/?name=ann", status=201)
+                client.post("/?name=bob", status=201)
+                assert client.get("/").text == "ann,bob"
+            """,
+            None,
+            {"passed": 1},
+            id="requests-commit-for-the-test",
+        ),
+        pytest.param(
+            """
+            import pytest
+
+            @pytest.mark.parametrize("run", [1, 2, 3])
+            def test_the_same_user_each_time(client, run):
+                client.post("/?name=ann", status=201)
+                assert client.get("/").text == "ann"
+            """,
+            ISOLATE_ALL,
+            {"passed": 3},
+            id="each-test-starts-from-an-empty-database",
+        ),
+        pytest.param(
+            """
+            def test_duplicate(client, wsgi_sqla_db):
+                client.post("/?name=ann", status=201)
+                client.post("/?name=ann", status=409)
+                client.post("/?name=bob", status=201)
+                assert client.get("/").text == "ann,bob"
+            """,
+            None,
+            {"passed": 1},
+            id="a-rolled-back-request-keeps-what-earlier-ones-committed",
+        ),
+        pytest.param(
+            """
+            from sqlalchemy import func, select
+            from users_app import User, db
+            from wsgi_sqla import transaction
+
+            def test_listing(client, wsgi_sqla_db):
+                with transaction(db):
+                    User(name="ann").save()
+
+                assert client.get("/").text == "ann"
+                count = select(func.count()).select_from(User)
+                assert wsgi_sqla_db.connection.scalar(count) == 1
+            """,
+            None,
+            {"passed": 1},
+            id="set-up-data-in-a-transaction-block-is-seen-by-requests",
+        ),
+        pytest.param(
+            """
+            def test_fails_after_writing(client, wsgi_sqla_db):
+                client.post("/?name=ann", status=201)
+                assert False, "fails on purpose"
+            """,
+            None,
+            {"failed": 1},
+            id="a-failing-test",
+        ),
+    ],
+)
+def test_user_suite_behaves_as_written_and_leaves_nothing_behind(
+    suite: pytest.Pytester, probe: Any, tests: str, ini: str | None, outcomes: dict[str, int]
 ) -> None:
-    suite.makepyfile(
-        """
-        def test_signup(client, wsgi_sqla_db):
-            client.post("/?name=ann", status=201)
-            client.post("/?name=bob", status=201)
-            assert client.get("/").text == "ann,bob"
-        """
-    )
+    if ini is not None:
+        suite.makeini(ini)
+    suite.makepyfile(tests)
 
-    suite.runpytest(*STRICT).assert_outcomes(passed=1)
-
-    assert probe.names() == []
-    assert probe.checked_out() == 0
-
-
-def test_each_test_starts_from_an_empty_database(suite: pytest.Pytester, probe: Any) -> None:
-    # As the README suggests: every test of the project isolated, through the ini file.
-    suite.makeini(
-        """
-        [pytest]
-        usefixtures = wsgi_sqla_db
-        """
-    )
-    suite.makepyfile(
-        """
-        import pytest
-
-        @pytest.mark.parametrize("run", [1, 2, 3])
-        def test_the_same_user_each_time(client, run):
-            client.post("/?name=ann", status=201)
-            assert client.get("/").text == "ann"
-        """
-    )
-
-    suite.runpytest(*STRICT).assert_outcomes(passed=3)
-
-    assert probe.names() == []
-
-
-def test_a_rolled_back_request_keeps_what_earlier_requests_committed(
-    suite: pytest.Pytester, probe: Any
-) -> None:
-    suite.makepyfile(
-        """
-        def test_duplicate(client, wsgi_sqla_db):
-            client.post("/?name=ann", status=201)
-            client.post("/?name=ann", status=409)
-            client.post("/?name=bob", status=201)
-            assert client.get("/").text == "ann,bob"
-        """
-    )
-
-    suite.runpytest(*STRICT).assert_outcomes(passed=1)
-
-    assert probe.names() == []
-
-
-def test_set_up_data_written_in_a_transaction_block_is_seen_by_requests(
-    suite: pytest.Pytester, probe: Any
-) -> None:
-    suite.makepyfile(
-        """
-        from sqlalchemy import func, select
-        from wsgi_sqla import transaction
-        from conftest import User, db
-
-        def test_listing(client, wsgi_sqla_db):
-            with transaction(db):
-                User(name="ann").save()
-
-            assert client.get("/").text == "ann"
-            count = select(func.count()).select_from(User)
-            assert wsgi_sqla_db.connection.scalar(count) == 1
-        """
-    )
-
-    suite.runpytest(*STRICT).assert_outcomes(passed=1)
-
-    assert probe.names() == []
-
-
-def test_a_failing_test_leaves_nothing_either(suite: pytest.Pytester, probe: Any) -> None:
-    suite.makepyfile(
-        """
-        def test_fails_after_writing(client, wsgi_sqla_db):
-            client.post("/?name=ann", status=201)
-            assert False, "fails on purpose"
-        """
-    )
-
-    suite.runpytest(*STRICT).assert_outcomes(failed=1)
+    suite.runpytest(*STRICT).assert_outcomes(**outcomes)
 
     assert probe.names() == []
     assert probe.checked_out() == 0
@@ -192,6 +196,7 @@ def test_without_the_sessions_fixture_the_error_says_how_to_configure_it(
     pytester: pytest.Pytester, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("WSGI_SQLA_PLUGIN_TEST_URL", f"sqlite:///{tmp_path / 'unused.sqlite3'}")
+    pytester.makepyfile(users_app=APP)
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(
         """

@@ -14,9 +14,9 @@ from __future__ import annotations
 import io
 import json
 import logging
-import sys
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import bottle
@@ -24,10 +24,10 @@ import flask
 import psycopg.errors
 import pymysql.err
 import pytest
-from conftest import Models, Probe, make_engine
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.pool import NullPool
+from support import Exchange, Models, Probe, make_engine, serve
 
 import wsgi_sqla._retry
 from wsgi_sqla import (
@@ -94,6 +94,18 @@ def deadlock(engine: Engine, setup: str | None = None) -> DBAPIError:
     return errors[0]
 
 
+def lock_conflict(engine: Engine, wanting: str, setup: str | None = None) -> OperationalError:
+    """One connection locks the users; the error the other gets running ``wanting``."""
+    insert_users(engine, "ann")
+    with engine.connect() as holder, engine.connect() as waiter:
+        if setup:
+            waiter.execute(text(setup))
+        holder.execute(text("SELECT id FROM wsgi_sqla_users FOR UPDATE"))
+        with pytest.raises(OperationalError) as caught:
+            waiter.execute(text(wanting))
+    return caught.value
+
+
 @POSTGRESQL
 def test_postgresql_serialization_failure_is_transient(engine: Engine, models: Models) -> None:
     insert_users(engine, "ann")
@@ -117,13 +129,9 @@ def test_postgresql_deadlock_is_transient(unpooled: Engine, models: Models) -> N
 
 @POSTGRESQL
 def test_postgresql_lock_not_available_is_transient(engine: Engine, models: Models) -> None:
-    insert_users(engine, "ann")
-    with engine.connect() as a, engine.connect() as b:
-        a.execute(text("SELECT id FROM wsgi_sqla_users FOR UPDATE"))
-        with pytest.raises(OperationalError) as caught:
-            b.execute(text("SELECT id FROM wsgi_sqla_users FOR UPDATE NOWAIT"))
-    assert caught.value.orig.sqlstate == "55P03"  # type: ignore[union-attr]
-    assert is_transient_error(caught.value)
+    error = lock_conflict(engine, "SELECT id FROM wsgi_sqla_users FOR UPDATE NOWAIT")
+    assert error.orig.sqlstate == "55P03"  # type: ignore[union-attr]
+    assert is_transient_error(error)
 
 
 @MARIADB
@@ -135,14 +143,13 @@ def test_mariadb_deadlock_is_transient(engine: Engine, models: Models) -> None:
 
 @MARIADB
 def test_mariadb_lock_wait_timeout_is_transient(unpooled: Engine, models: Models) -> None:
-    insert_users(unpooled, "ann")
-    with unpooled.connect() as a, unpooled.connect() as b:
-        b.execute(text("SET SESSION innodb_lock_wait_timeout = 1"))
-        a.execute(text("SELECT id FROM wsgi_sqla_users FOR UPDATE"))
-        with pytest.raises(OperationalError) as caught:
-            b.execute(text("SELECT id FROM wsgi_sqla_users FOR UPDATE"))
-    assert caught.value.orig.args[0] == 1205  # type: ignore[union-attr]
-    assert is_transient_error(caught.value)
+    error = lock_conflict(
+        unpooled,
+        "SELECT id FROM wsgi_sqla_users FOR UPDATE",
+        setup="SET SESSION innodb_lock_wait_timeout = 1",
+    )
+    assert error.orig.args[0] == 1205  # type: ignore[union-attr]
+    assert is_transient_error(error)
 
 
 def test_integrity_error_is_not_transient(engine: Engine, models: Models) -> None:
@@ -190,66 +197,6 @@ def mariadb_deadlock() -> OperationalError:
     )
 
 
-class Result:
-    def __init__(self) -> None:
-        self.status: str | None = None
-        self.body = b""
-        self.error: BaseException | None = None
-        self.start_responses = 0
-
-
-def call(
-    app: Any,
-    body: bytes = b"",
-    *,
-    method: str = "POST",
-    path: str = "/",
-    content_length: bool = True,
-    extra: dict[str, Any] | None = None,
-) -> Result:
-    """Drive ``app`` as a WSGI server would; an exception is recorded, not raised."""
-    result = Result()
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": method,
-        "PATH_INFO": path,
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "80",
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(body),
-        "wsgi.errors": sys.stderr,
-        **(extra or {}),
-    }
-    if content_length and body:
-        environ["CONTENT_LENGTH"] = str(len(body))
-
-    def write(data: bytes) -> None:
-        result.body += data
-
-    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
-        if exc_info is not None and result.body:  # the headers are out (PEP 3333)
-            raise exc_info[1].with_traceback(exc_info[2])
-        result.status = status
-        result.start_responses += 1
-        return write
-
-    try:
-        iterable = app(environ, start_response)
-    except Exception as exc:
-        result.error = exc
-        return result
-    try:
-        for chunk in iterable:
-            result.body += chunk
-    except Exception as exc:
-        result.error = exc
-    finally:
-        try:
-            getattr(iterable, "close", lambda: None)()
-        except Exception as exc:  # the middleware's 500 raises the request's error here
-            result.error = exc
-    return result
-
-
 @pytest.fixture
 def delays(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """The backoff delays the middleware slept, recorded instead of slept."""
@@ -277,15 +224,117 @@ def flaky(
     return app, attempts
 
 
+class Busy(Exception):
+    """An application's own error that a custom ``retry_if`` calls transient."""
+
+
+def busy_is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, Busy)
+
+
+CHUNKED = {
+    "CONTENT_LENGTH": None,
+    "HTTP_TRANSFER_ENCODING": "chunked",
+    "wsgi.input_terminated": True,
+}
+
+
+@dataclass
+class Flaky:
+    """A request to an app that fails its first ``failures`` attempts with ``error``."""
+
+    failures: int
+    keywords: dict[str, Any]  # SessionMiddleware's
+    error: Callable[[], BaseException] = serialization_failure
+    request: dict[str, Any] = field(default_factory=lambda: {"body": b"ann"})  # serve()'s
+
+
+Run = Callable[[Flaky], tuple[Exchange, list[dict[str, Any]]]]
+
+
+@pytest.fixture
+def run(session: Any, models: Models, delays: list[float]) -> Run:
+    """Serve a :class:`Flaky` request; what the server saw, and the attempts the app made."""
+
+    def serve_flaky(case: Flaky) -> tuple[Exchange, list[dict[str, Any]]]:
+        app, attempts = flaky(models, case.failures, case.error)
+        return serve(SessionMiddleware(app, session, **case.keywords), **case.request), attempts
+
+    return serve_flaky
+
+
+@pytest.mark.parametrize(
+    ("case", "names"),
+    [
+        pytest.param(Flaky(2, {"retries": 3}), ["ann-3"], id="until-it-succeeds"),
+        pytest.param(Flaky(1, {"retries": 1}, mariadb_deadlock), ["ann-2"], id="mariadb-deadlock"),
+        pytest.param(
+            Flaky(1, {"retries": 1, "retry_if": busy_is_transient}, Busy),
+            ["ann-2"],
+            id="custom-retry_if-decides-what-is-transient",
+        ),
+        pytest.param(
+            Flaky(1, {"retries": 3, "retry_body_limit": 10}, request={"body": b"x" * 10}),
+            ["xxxxxxxxxx-2"],
+            id="body-at-the-limit",
+        ),
+        pytest.param(
+            Flaky(1, {"retries": 1}, request={"method": "GET"}),
+            ["-2"],
+            id="request-without-a-body",
+        ),
+    ],
+)
 def test_transient_error_reruns_the_request_until_it_succeeds(
-    session: Any, models: Models, probe: Probe, delays: list[float]
+    run: Run, probe: Probe, case: Flaky, names: list[str]
 ) -> None:
-    app, attempts = flaky(models, failures=2)
-    result = call(SessionMiddleware(app, session, retries=3), b"ann")
-    assert result.status == "201 Created"
+    result, attempts = run(case)
+    assert (result.status, result.error) == ("201 Created", None)
     assert result.start_responses == 1
-    assert len(attempts) == 3
-    assert probe.names() == ["ann-3"], "a failed attempt's write was kept"
+    assert len(attempts) == case.failures + 1
+    assert len({a["body"] for a in attempts}) == 1, "an attempt read another body"
+    assert probe.names() == names, "a failed attempt's write was kept"
+    assert probe.checked_out() == 0
+
+
+@pytest.mark.parametrize(
+    ("case", "raised", "runs"),
+    [
+        pytest.param(
+            Flaky(10, {"retries": 2}),
+            OperationalError,
+            3,
+            id="last-error-when-the-retries-are-used-up",
+        ),
+        pytest.param(
+            Flaky(1, {"retries": 3}, lambda: RuntimeError("bug")),
+            RuntimeError,
+            1,
+            id="error-that-is-not-transient",
+        ),
+        pytest.param(Flaky(1, {}), OperationalError, 1, id="retries-are-off-by-default"),
+        pytest.param(
+            Flaky(1, {"retries": 3, "retry_body_limit": 10}, request={"body": b"x" * 11}),
+            OperationalError,
+            1,
+            id="body-larger-than-the-limit",
+        ),
+        pytest.param(
+            Flaky(1, {"retries": 3}, request={"body": b"ann", "environ": CHUNKED}),
+            OperationalError,
+            1,
+            id="body-of-unknown-length",
+        ),
+    ],
+)
+def test_error_propagates_and_nothing_is_kept_when_the_request_is_not_run_again(
+    run: Run, probe: Probe, case: Flaky, raised: type[BaseException], runs: int
+) -> None:
+    result, attempts = run(case)
+    assert isinstance(result.error, raised)
+    assert result.status == "500 Internal Server Error"
+    assert len(attempts) == runs
+    assert probe.names() == []
     assert probe.checked_out() == 0
 
 
@@ -293,7 +342,7 @@ def test_each_attempt_reads_the_whole_request_body(
     session: Any, models: Models, delays: list[float]
 ) -> None:
     app, attempts = flaky(models, failures=2)
-    call(SessionMiddleware(app, session, retries=2), b"x" * 70_000)
+    serve(SessionMiddleware(app, session, retries=2), body=b"x" * 70_000)
     assert [a["body"] for a in attempts] == [b"x" * 70_000] * 3
 
 
@@ -301,45 +350,8 @@ def test_each_attempt_gets_a_fresh_copy_of_the_environ(
     session: Any, models: Models, delays: list[float]
 ) -> None:
     app, attempts = flaky(models, failures=1)
-    call(SessionMiddleware(app, session, retries=1), b"ann")
+    serve(SessionMiddleware(app, session, retries=1), body=b"ann")
     assert [a["marked"] for a in attempts] == [False, False]
-
-
-def test_mariadb_deadlock_error_is_retried(
-    session: Any, models: Models, probe: Probe, delays: list[float]
-) -> None:
-    app, _attempts = flaky(models, failures=1, error=mariadb_deadlock)
-    assert call(SessionMiddleware(app, session, retries=1), b"ann").status == "201 Created"
-    assert probe.names() == ["ann-2"]
-
-
-def test_last_error_propagates_when_the_retries_are_used_up(
-    session: Any, models: Models, probe: Probe, delays: list[float]
-) -> None:
-    app, attempts = flaky(models, failures=10)
-    result = call(SessionMiddleware(app, session, retries=2), b"ann")
-    assert isinstance(result.error, OperationalError)
-    assert result.status == "500 Internal Server Error"
-    assert len(attempts) == 3
-    assert probe.names() == []
-    assert probe.checked_out() == 0
-
-
-def test_error_that_is_not_transient_is_not_retried(
-    session: Any, models: Models, probe: Probe, delays: list[float]
-) -> None:
-    app, attempts = flaky(models, failures=1, error=lambda: RuntimeError("bug"))
-    result = call(SessionMiddleware(app, session, retries=3), b"ann")
-    assert isinstance(result.error, RuntimeError)
-    assert len(attempts) == 1
-    assert probe.names() == []
-
-
-def test_retries_are_off_by_default(session: Any, models: Models, probe: Probe) -> None:
-    app, attempts = flaky(models, failures=1)
-    result = call(SessionMiddleware(app, session), b"ann")
-    assert isinstance(result.error, OperationalError)
-    assert len(attempts) == 1
 
 
 def test_without_retries_the_body_is_not_buffered(session: Any, models: Models) -> None:
@@ -351,23 +363,9 @@ def test_without_retries_the_body_is_not_buffered(session: Any, models: Models) 
         return [b""]
 
     stream = io.BytesIO(b"ann")
-    call(SessionMiddleware(app, session), extra={"wsgi.input": stream, "CONTENT_LENGTH": "3"})
+    serve(SessionMiddleware(app, session), environ={"wsgi.input": stream, "CONTENT_LENGTH": "3"})
     assert received == [stream]
     assert stream.tell() == 0, "the middleware read the body"
-
-
-def test_custom_retry_if_decides_what_is_transient(
-    session: Any, models: Models, probe: Probe, delays: list[float]
-) -> None:
-    class Busy(Exception):
-        pass
-
-    app, _attempts = flaky(models, failures=1, error=Busy)
-    middleware = SessionMiddleware(
-        app, session, retries=1, retry_if=lambda exc: isinstance(exc, Busy)
-    )
-    assert call(middleware, b"ann").status == "201 Created"
-    assert probe.names() == ["ann-2"]
 
 
 def test_retry_if_that_raises_is_logged_and_the_original_error_propagates(
@@ -377,26 +375,42 @@ def test_retry_if_that_raises_is_logged_and_the_original_error_propagates(
         raise ValueError("broken predicate")
 
     app, attempts = flaky(models, failures=1)
-    result = call(SessionMiddleware(app, session, retries=3, retry_if=broken), b"ann")
+    result = serve(SessionMiddleware(app, session, retries=3, retry_if=broken), body=b"ann")
     assert isinstance(result.error, OperationalError)
     assert len(attempts) == 1
     assert "retry_if" in caplog.text and "broken predicate" in caplog.text
 
 
-def test_no_retry_once_the_response_was_handed_to_the_server(
-    session: Any, models: Models, probe: Probe, delays: list[float]
+def writes_then_fails(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+    start_response("200 OK", [])(b"partial")
+    raise serialization_failure()
+
+
+def fails_while_streaming(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+    start_response("200 OK", [])
+    yield b"partial"
+    raise serialization_failure()
+
+
+@pytest.mark.parametrize(
+    "app",
+    [
+        pytest.param(writes_then_fails, id="written-through-write"),
+        pytest.param(fails_while_streaming, id="error-while-streaming"),
+    ],
+)
+def test_no_retry_once_part_of_the_response_reached_the_server(
+    session: Any, delays: list[float], app: Any
 ) -> None:
     attempts: list[int] = []
 
-    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    def counted(environ: dict[str, Any], start_response: Any) -> Any:
         attempts.append(1)
-        write = start_response("200 OK", [])
-        write(b"partial")
-        raise serialization_failure()
+        return app(environ, start_response)
 
-    result = call(SessionMiddleware(app, session, retries=3), b"ann")
+    result = serve(SessionMiddleware(counted, session, retries=3), body=b"ann")
     assert isinstance(result.error, OperationalError)
-    assert result.start_responses == 1
+    assert (result.start_responses, result.body) == (1, b"partial")
     assert attempts == [1]
 
 
@@ -414,27 +428,10 @@ def test_error_reported_after_the_response_started_changes_nothing(
         report_exception(environ, serialization_failure())
         return [b""]
 
-    result = call(SessionMiddleware(app, session, retries=3), b"ann")
+    result = serve(SessionMiddleware(app, session, retries=3), body=b"ann")
     assert (result.status, result.error) == ("200 OK", None)
     assert attempts == [1]
     assert probe.names() == ["after", "before"]
-
-
-def test_error_while_streaming_is_not_retried(
-    session: Any, models: Models, probe: Probe, delays: list[float]
-) -> None:
-    attempts: list[int] = []
-
-    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
-        attempts.append(1)
-        start_response("200 OK", [])
-        yield b"first"
-        raise serialization_failure()
-
-    result = call(SessionMiddleware(app, session, retries=3), b"ann")
-    assert isinstance(result.error, OperationalError)
-    assert result.body == b"first"
-    assert attempts == [1]
 
 
 def test_lazy_generator_app_failing_before_its_status_is_retried(
@@ -450,7 +447,7 @@ def test_lazy_generator_app_failing_before_its_status_is_retried(
         start_response("200 OK", [])
         yield b"done"
 
-    result = call(SessionMiddleware(app, session, retries=1))
+    result = serve(SessionMiddleware(app, session, retries=1))
     assert (result.status, result.body) == ("200 OK", b"done")
     assert probe.names() == ["ann-2"]
 
@@ -482,7 +479,7 @@ def test_serialization_failure_at_commit_is_retried(
         failed.append(exc)
         return is_transient_error(exc)
 
-    result = call(SessionMiddleware(app, session, retries=1, retry_if=transient))
+    result = serve(SessionMiddleware(app, session, retries=1, retry_if=transient))
     assert result.status == "201 Created"
     assert len(attempts) == 2
     assert len(failed) == 1
@@ -490,44 +487,9 @@ def test_serialization_failure_at_commit_is_retried(
     assert probe.names() == ["ann-2", "bob"]
 
 
-def test_body_larger_than_the_limit_is_not_retried(
-    session: Any, models: Models, delays: list[float]
-) -> None:
-    app, attempts = flaky(models, failures=1)
-    middleware = SessionMiddleware(app, session, retries=3, retry_body_limit=10)
-    assert call(middleware, b"x" * 10).status == "201 Created"
-    attempts.clear()
-    result = call(middleware, b"x" * 11)
-    assert isinstance(result.error, OperationalError)
-    assert len(attempts) == 1
-
-
-def test_body_of_unknown_length_is_not_retried(
-    session: Any, models: Models, delays: list[float]
-) -> None:
-    app, attempts = flaky(models, failures=1)
-    middleware = SessionMiddleware(app, session, retries=3)
-    result = call(
-        middleware,
-        b"ann",
-        content_length=False,
-        extra={"HTTP_TRANSFER_ENCODING": "chunked", "wsgi.input_terminated": True},
-    )
-    assert isinstance(result.error, OperationalError)
-    assert len(attempts) == 1
-
-
-def test_request_without_a_body_is_retried(
-    session: Any, models: Models, probe: Probe, delays: list[float]
-) -> None:
-    app, attempts = flaky(models, failures=1)
-    assert call(SessionMiddleware(app, session, retries=1), method="GET").status == "201 Created"
-    assert [a["body"] for a in attempts] == [b"", b""]
-
-
 def test_backoff_doubles_and_is_jittered(session: Any, models: Models, delays: list[float]) -> None:
     app, _attempts = flaky(models, failures=4)
-    call(SessionMiddleware(app, session, retries=4, retry_backoff=0.1), b"ann")
+    serve(SessionMiddleware(app, session, retries=4, retry_backoff=0.1), body=b"ann")
     assert len(delays) == 4
     for number, delay in enumerate(delays):
         base = 0.1 * 2**number
@@ -557,7 +519,7 @@ def test_after_commit_hooks_of_failed_attempts_never_run(
         start_response("200 OK", [])
         return [b""]
 
-    call(SessionMiddleware(app, session, retries=3), b"ann")
+    serve(SessionMiddleware(app, session, retries=3), body=b"ann")
     assert ran == [3]
 
 
@@ -566,7 +528,7 @@ def test_each_retry_is_logged_as_a_warning(
 ) -> None:
     app, _attempts = flaky(models, failures=2)
     with caplog.at_level(logging.WARNING, logger="wsgi_sqla"):
-        call(SessionMiddleware(app, session, retries=3), b"ann")
+        serve(SessionMiddleware(app, session, retries=3), body=b"ann")
     retries = [r for r in caplog.records if "transient" in r.getMessage()]
     assert [r.levelno for r in retries] == [logging.WARNING] * 2
     assert "attempt 1 of 4" in retries[0].getMessage()
@@ -608,8 +570,23 @@ def test_bad_retry_keyword_is_refused_naming_it(
         SessionMiddleware(lambda e, s: [], session, **{"retries": 1, keyword: value})
 
 
-def test_report_exception_outside_a_retrying_middleware_does_nothing() -> None:
-    report_exception({}, serialization_failure())
+def test_report_exception_outside_a_retrying_middleware_does_nothing(
+    session: Any, models: Models, probe: Probe, caplog: pytest.LogCaptureFixture
+) -> None:
+    environ = {"PATH_INFO": "/"}
+    with caplog.at_level(logging.DEBUG, logger="wsgi_sqla"):
+        report_exception(environ, serialization_failure())
+    assert environ == {"PATH_INFO": "/"}
+    assert caplog.records == []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        models.User(name="ann").save()
+        report_exception(environ, serialization_failure())
+        start_response("200 OK", [])
+        return [b""]
+
+    assert serve(SessionMiddleware(app, session)).status == "200 OK"
+    assert probe.names() == ["ann"], "a middleware that does not retry acted on the report"
 
 
 # -- through the frameworks, which turn view exceptions into a 500 -----------------
@@ -653,9 +630,11 @@ def bottle_app(models: Models, failures: int, hook: bool) -> tuple[Any, list[int
 FRAMEWORKS = pytest.mark.parametrize("framework", [flask_app, bottle_app], ids=["flask", "bottle"])
 
 
-def post_json(app: Any, name: str) -> Result:
+def post_json(app: Any, name: str) -> Exchange:
     body = json.dumps({"name": name}).encode()
-    return call(app, body, path="/users", extra={"CONTENT_TYPE": "application/json"})
+    return serve(
+        app, body=body, method="POST", path="/users", environ={"CONTENT_TYPE": "application/json"}
+    )
 
 
 @FRAMEWORKS
@@ -672,25 +651,28 @@ def test_framework_hook_hands_the_view_error_to_the_middleware_for_a_retry(
 
 
 @FRAMEWORKS
-def test_without_the_hook_the_framework_answers_500_once(
-    framework: Any, session: Any, models: Models, probe: Probe, delays: list[float]
+@pytest.mark.parametrize(
+    ("failures", "hook", "runs"),
+    [
+        pytest.param(1, False, 1, id="without-the-hook"),
+        pytest.param(10, True, 3, id="retries-used-up"),
+    ],
+)
+def test_framework_500_goes_out_once_when_the_request_is_not_run_again(
+    framework: Any,
+    session: Any,
+    models: Models,
+    probe: Probe,
+    delays: list[float],
+    failures: int,
+    hook: bool,
+    runs: int,
 ) -> None:
-    app, attempts = framework(models, failures=1, hook=False)
-    result = post_json(SessionMiddleware(app, session, retries=3), "ann")
-    assert result.status is not None and result.status.startswith("500")
-    assert len(attempts) == 1
-    assert probe.names() == []
-
-
-@FRAMEWORKS
-def test_framework_500_goes_out_when_the_retries_are_used_up(
-    framework: Any, session: Any, models: Models, probe: Probe, delays: list[float]
-) -> None:
-    app, attempts = framework(models, failures=10, hook=True)
+    app, attempts = framework(models, failures=failures, hook=hook)
     result = post_json(SessionMiddleware(app, session, retries=2), "ann")
     assert result.status is not None and result.status.startswith("500")
     assert result.start_responses == 1
-    assert len(attempts) == 3
+    assert len(attempts) == runs
     assert probe.names() == []
     assert probe.checked_out() == 0
 

@@ -5,7 +5,8 @@ is the number of messages a request exchanges with the database, which is
 exact. Each test serves one request through SessionMiddleware and the same
 request through a hand-written application that commits (or rolls back) and
 removes the session itself, the least any correct code can do, and counts
-both with the benchmark's own counter (:mod:`bench.counting`: statements,
+both with the counter the benchmark uses too
+(:func:`wsgi_sqla.testing.count_round_trips`: statements,
 BEGIN/COMMIT/ROLLBACK, pool checkouts, pool resets). The middleware must
 never cost a round trip more than the hand-written version. The absolute
 counts are pinned by ``tests/test_middleware_cost.py``.
@@ -21,11 +22,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import webtest  # type: ignore[import-untyped]
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, insert, text
+from support import Boom, serve
 
-from bench.counting import RoundTrips, counting
 from wsgi_sqla import SessionMiddleware
+from wsgi_sqla.testing import RoundTrips, count_round_trips
 
 Work = Callable[[], bytes]
 
@@ -63,9 +64,8 @@ def _hand_written(work: Work, status: str, session: Any) -> Any:
 
 def _serve(app: Any, engine: Engine, status: str) -> RoundTrips:
     """Round trips of one request to ``app``."""
-    client = webtest.TestApp(app)
-    with counting(engine) as counts:
-        client.get("/", status=int(status[:3]))
+    with count_round_trips(engine) as counts:
+        assert serve(app).status == status
     return counts
 
 
@@ -125,3 +125,19 @@ def test_vetoed_request_that_never_touches_the_database_costs_no_round_trip(
     assert ours == RoundTrips()
     assert not session.registry.has()
     assert probe.checked_out() == 0
+
+
+def test_round_trip_counter_counts_only_while_its_block_runs(engine: Engine) -> None:
+    def one_transaction() -> None:
+        with engine.begin() as connection:
+            connection.execute(text("SELECT 1"))
+
+    one_transaction()  # the dialect's first-connect queries are not counted below
+    with count_round_trips(engine) as counts:
+        one_transaction()
+    with pytest.raises(Boom), count_round_trips(engine) as failed:
+        raise Boom
+    one_transaction()
+
+    assert counts == RoundTrips(statements=1, begin=1, commit=1, checkouts=1, resets=1)
+    assert failed == RoundTrips(), "a block that raised left its listeners behind"

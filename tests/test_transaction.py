@@ -13,6 +13,7 @@ import pytest
 import webtest
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
+from support import Boom
 
 from wsgi_sqla import (
     SessionMiddleware,
@@ -22,11 +23,6 @@ from wsgi_sqla import (
     force_rollback,
     transaction,
 )
-
-
-class Boom(Exception):
-    """Raised by the code under test; nothing else raises it."""
-
 
 # -- as a context manager -------------------------------------------------
 

@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Connection, Engine, MetaData
+from sqlalchemy import Connection, Engine, MetaData, event
 from sqlalchemy.orm import scoped_session, sessionmaker
 
 from ._unit import UnitOfWork, check_sessions
@@ -39,7 +40,7 @@ from ._unit import UnitOfWork, check_sessions
 if TYPE_CHECKING:
     import sqlite3
 
-__all__ = ["Isolation", "isolated", "reset_schema"]
+__all__ = ["Isolation", "RoundTrips", "count_round_trips", "isolated", "reset_schema"]
 
 # sqlite3.LEGACY_TRANSACTION_CONTROL (Python 3.12+); older drivers have no
 # ``autocommit`` attribute and always behave this way.
@@ -217,3 +218,78 @@ def _sqlite_begin_workaround(connection: Connection) -> Callable[[], None] | Non
         driver.isolation_level = isolation_level
 
     return restore
+
+
+@dataclass
+class RoundTrips:
+    """Round trips one engine made while a :func:`count_round_trips` block ran.
+
+    Each field counts one kind of message exchanged with the database, as
+    SQLAlchemy reports it, so the counts are exact and the same on every run
+    and can be asserted (``assert counts == RoundTrips(...)``):
+
+    * ``statements``: cursor executions (``before_cursor_execute``);
+    * ``begin``, ``commit``, ``rollback``: transactions begun, committed and
+      rolled back on the engine's connections (a driver may send BEGIN lazily
+      with the first statement, but there is one per transaction either way);
+    * ``checkouts``: connections taken from the pool;
+    * ``resets``: connections the pool reset on their return to it (its
+      ``reset_on_return`` rollback: a real ROLLBACK on drivers that send one
+      unconditionally, such as PyMySQL); not counted when closing the
+      :class:`~sqlalchemy.Connection` had already rolled back an open
+      transaction.
+    """
+
+    statements: int = 0
+    begin: int = 0
+    commit: int = 0
+    rollback: int = 0
+    checkouts: int = 0
+    resets: int = 0
+
+
+@contextlib.contextmanager
+def count_round_trips(engine: Engine) -> Iterator[RoundTrips]:
+    """Count the round trips ``engine`` makes while the block runs, from any thread.
+
+    Yields a :class:`RoundTrips` that fills in as the block runs; the
+    listeners are removed when the block ends, however it ends. Connect once
+    before the block if the dialect's first-connect queries must not count.
+    Nest the blocks to count several engines.
+    """
+    counts = RoundTrips()
+
+    def statement(*_args: Any) -> None:
+        counts.statements += 1
+
+    def begin(_connection: Any) -> None:
+        counts.begin += 1
+
+    def commit(_connection: Any) -> None:
+        counts.commit += 1
+
+    def rollback(_connection: Any) -> None:
+        counts.rollback += 1
+
+    def checkout(*_args: Any) -> None:
+        counts.checkouts += 1
+
+    def reset(_dbapi_connection: Any, _record: Any, state: Any) -> None:
+        if not state.transaction_was_reset:
+            counts.resets += 1
+
+    listeners: list[tuple[Any, str, Callable[..., None]]] = [
+        (engine, "before_cursor_execute", statement),
+        (engine, "begin", begin),
+        (engine, "commit", commit),
+        (engine, "rollback", rollback),
+        (engine.pool, "checkout", checkout),
+        (engine.pool, "reset", reset),
+    ]
+    for target, name, listener in listeners:
+        event.listen(target, name, listener)
+    try:
+        yield counts
+    finally:
+        for target, name, listener in listeners:
+            event.remove(target, name, listener)

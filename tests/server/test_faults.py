@@ -19,11 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import database_url
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
+from support import database_url
 
-from .conftest import Gunicorn, TcpProxy, app_tables, open_transactions, servers
+from .support import Gunicorn, TcpProxy, app_tables, open_transactions, servers
 
 SOAK_APP = Path(__file__).with_name("soak_app.py")
 

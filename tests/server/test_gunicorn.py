@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import database_url
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
+from support import database_url
 
-from .conftest import Gunicorn, Serve, app_tables, load_module, open_transactions, servers
+from .support import Gunicorn, Serve, app_tables, load_module, open_transactions, servers
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

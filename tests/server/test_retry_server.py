@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import database_url
 from sqlalchemy import create_engine, text
+from support import database_url
 
-from .conftest import Gunicorn, Serve, app_tables
+from .support import Gunicorn, Serve, app_tables
 
 RETRY_APP = Path(__file__).with_name("retry_app.py")
 SERVED = {"flask": "retry_app:flask_app", "bottle": "retry_app:bottle_wsgi"}

@@ -38,10 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import database_url
 from sqlalchemy import Engine, create_engine, text
+from support import database_url
 
-from .conftest import Gunicorn, Serve, app_tables, open_transactions
+from .support import Gunicorn, Serve, app_tables, open_transactions
 
 SOAK_APP = Path(__file__).with_name("soak_app.py")
 REQUESTS = int(os.environ.get("WSGI_SQLA_SOAK_REQUESTS", "5000"))

@@ -24,6 +24,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -245,3 +246,7 @@ class PgBouncer:
             if busy == 0 or time.monotonic() > deadline:
                 return row
             time.sleep(0.05)
+
+
+#: What the ``make_pgbouncer`` fixture gives a test: ``make_pgbouncer(**settings)``.
+MakeBouncer = Callable[..., PgBouncer]

@@ -10,19 +10,16 @@ tests/server/conftest.py apply here too.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import database_url
-from support import missing
+from support import database_url, missing
 
-from .bouncer import PgBouncer, PgBouncerMissing, find_pgbouncer
+from .bouncer import MakeBouncer, PgBouncer, PgBouncerMissing, find_pgbouncer
 
 # Well below the 16 concurrent clients of the soak and the ledger bursts.
 POOL_SIZE = 4
-
-MakeBouncer = Callable[..., PgBouncer]
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from ..conftest import Gunicorn, Serve, load_module
+from ..support import Gunicorn, Serve, load_module
 from .bouncer import PgBouncer
 from .checks import assert_nothing_left_open
 

@@ -22,7 +22,7 @@ from sqlalchemy import create_engine, text
 
 from wsgi_sqla import transaction_pooled
 
-from ..conftest import app_tables, servers
+from ..support import app_tables, servers
 from ..test_faults import (
     SOAK_APP,
     Faulty,

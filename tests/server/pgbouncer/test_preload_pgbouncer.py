@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine
 
-from ..conftest import Serve, app_tables
+from ..support import Serve, app_tables
 from ..test_faults import SOAK_APP
 from .bouncer import PgBouncer
 from .checks import assert_nothing_left_open

@@ -15,14 +15,13 @@ import warnings
 from pathlib import Path
 
 import pytest
-from conftest import database_url
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import ProgrammingError
+from support import database_url
 
 from wsgi_sqla import TransactionPoolerWarning, transaction_pooled
 
-from .bouncer import PgBouncer
-from .conftest import MakeBouncer
+from .bouncer import MakeBouncer, PgBouncer
 
 RUNS = 6  # psycopg prepares a query on its 5th execution by default
 

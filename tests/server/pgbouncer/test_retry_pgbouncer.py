@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import Engine, create_engine
 
-from ..conftest import Serve, app_tables
+from ..support import Serve, app_tables
 from ..test_retry_server import RETRY_APP, check_serial_ledger, serve
 from .bouncer import PgBouncer
 from .checks import assert_nothing_left_open

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ..conftest import Serve
+from ..support import Serve
 from ..test_soak import Soak, run_soak, soak_server
 from .bouncer import PgBouncer
 from .checks import assert_nothing_left_open

@@ -22,15 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Server, database_url
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
+from support import database_url, serve
 
 from wsgi_sqla import SessionMiddleware, transaction
 
-from .bouncer import PgBouncer
-from .conftest import MakeBouncer
+from .bouncer import MakeBouncer, PgBouncer
 from .wire import Sniffer
 
 # -- what the drivers send -----------------------------------------------------------
@@ -96,7 +95,7 @@ def test_a_request_sends_only_its_own_sql_and_transaction_control(
     db = scoped_session(sessionmaker(bind=engine))
     try:
         sniffer.clear()
-        Server().request(statement_app(db), path)
+        serve(statement_app(db), path=path)
         assert sniffer.statements() == REQUEST_STATEMENTS[engine.dialect.name, path]
     finally:
         engine.dispose()
@@ -201,7 +200,7 @@ def test_a_serializable_request_leaves_the_next_client_at_the_default_level(
     other = through(bouncer)
     try:
         db = scoped_session(sessionmaker(bind=engine))
-        reply = Server().request(serializable_app(db, per_connection), "/")
+        reply = serve(serializable_app(db, per_connection))
         level, pid = reply.body.decode().split()
         assert (reply.status, level) == ("200 OK", "serializable")
         assert one(other, ISOLATION_AND_PID) == ("read committed", int(pid))

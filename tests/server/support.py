@@ -1,0 +1,410 @@
+"""Real servers for the end-to-end tests: gunicorn subprocesses and a TCP proxy.
+
+Imported explicitly (``from .support import ...``); the fixtures are in conftest.py.
+
+:func:`servers` starts ``gunicorn`` on an ephemeral port of 127.0.0.1 (it
+binds port 0 and the port is read from its log, so two test runs never race
+for a port), waits until it listens, and stops it when the block (for the
+``gunicorn`` fixture, the test) ends, passed or failed. A server that dies,
+a worker that crashes, times out or is killed, or a request that leaves
+its session behind (the middleware's ``StaleSessionWarning``) fails the
+test with the server's log. The master is started with a parent-death
+signal, so even a test run that is killed outright leaves no server behind.
+
+:class:`TcpProxy` stands between an application and its database, so a test
+can make the database unreachable and bring it back without touching the
+database server itself (other developers use it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import http.client
+import importlib.util
+import json
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+GUNICORN = Path(sys.executable).with_name("gunicorn")
+
+# What must never appear in a server's log while a test runs: a worker that died for a
+# reason other than our SIGTERM, or a session that a request left behind.
+TROUBLE = re.compile(
+    r"WORKER TIMEOUT|was sent SIG(?!TERM)|exited with code|Worker failed to boot"
+    r"|App failed to load|Shutting down|StaleSessionWarning"
+)
+READY = re.compile(r"wsgi_sqla tests: worker (\d+) is ready")
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the test process dies (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Gunicorn:
+    """One gunicorn master and its workers, serving ``app`` on 127.0.0.1."""
+
+    app: str
+    args: list[str]
+    env: dict[str, str]
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+    port: int = 0
+    stopping: bool = False
+    problems: list[str] = field(default_factory=list)
+
+    def start(self, timeout: float = 30) -> None:
+        command = [
+            str(GUNICORN),
+            "--bind",
+            "127.0.0.1:0",
+            "--error-logfile",
+            str(self.log),
+            "--log-level",
+            "info",
+            "--capture-output",
+            "--no-control-socket",
+            "--graceful-timeout",
+            "5",
+            "--chdir",
+            str(ROOT),
+            "--pythonpath",
+            f"{ROOT},{HERE}",
+            *self.args,
+            self.app,
+        ]
+        self.log.write_text("")
+        self.process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env={**os.environ, **self.env},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", self.log.read_text())
+            if found:
+                self.port = int(found.group(1))
+                return
+            if self.process.poll() is not None:
+                self.fail(f"gunicorn exited with {self.process.returncode} before listening")
+            time.sleep(0.05)
+        self.fail(f"gunicorn did not listen within {timeout} s")
+
+    def wait_for_workers(self, count: int, timeout: float = 30) -> None:
+        """Wait until ``count`` live workers have loaded the application and can serve."""
+        deadline = time.monotonic() + timeout
+        while len(self.ready_workers()) < count:
+            if time.monotonic() > deadline:
+                self.fail(f"gunicorn did not get {count} workers ready within {timeout} s")
+            self.check()
+            time.sleep(0.05)
+
+    def ready_workers(self) -> set[int]:
+        """Live workers that said they are ready (see ready_conf.py)."""
+        said = {int(pid) for pid in READY.findall(self.log.read_text())}
+        return said & set(self.workers())
+
+    def fail(self, message: str) -> None:
+        pytest.fail(f"{message}\n--- gunicorn log ({self.app}) ---\n{self.tail()}", pytrace=False)
+
+    def tail(self, lines: int = 80) -> str:
+        try:
+            return "\n".join(self.log.read_text().splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def check(self) -> None:
+        """Fail if the master is gone, a worker died or a session was left behind."""
+        assert self.process is not None
+        if self.process.poll() is not None:
+            self.fail(f"gunicorn died (exit code {self.process.returncode})")
+        trouble = TROUBLE.search(self.log.read_text())
+        if trouble:
+            self.fail(f"trouble in the server: {trouble.group(0)!r}")
+
+    def stop(self) -> list[str]:
+        """Stop the master and its workers; returns what went wrong while it ran."""
+        if self.process is None or self.stopping:
+            return []
+        self.stopping = True
+        problems: list[str] = []
+        if self.process.poll() is not None:
+            problems.append(f"gunicorn died during the test (exit code {self.process.returncode})")
+        else:
+            trouble = TROUBLE.search(self.log.read_text())
+            if trouble:
+                problems.append(f"trouble in the server during the test: {trouble.group(0)!r}")
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            problems.append("gunicorn did not stop within 15 s of SIGTERM; killed")
+        # Whatever happened, nothing of this server may outlive the test.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        return [f"{p}\n--- gunicorn log ({self.app}) ---\n{self.tail()}" for p in problems]
+
+    def workers(self) -> list[int]:
+        """Pids of the master's live worker processes."""
+        assert self.process is not None
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == self.process.pid and fields[0] != "Z":
+                    children.append(int(stat.parent.name))
+        return sorted(children)
+
+    def connection(self, timeout: float = 60) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 60,
+    ) -> Reply:
+        """One request on a new connection; fails with the server's log if it cannot connect."""
+        connection = self.connection(timeout)
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+            response = connection.getresponse()
+            return Reply(response.status, dict(response.getheaders()), response.read())
+        except (ConnectionError, http.client.RemoteDisconnected):
+            self.check()
+            raise
+        finally:
+            connection.close()
+
+    def post_json(self, path: str, payload: object) -> Reply:
+        return self.request(
+            "POST", path, json.dumps(payload).encode(), {"Content-Type": "application/json"}
+        )
+
+
+Serve = Callable[..., Gunicorn]
+
+
+@contextlib.contextmanager
+def servers(log_dir: Path) -> Iterator[Serve]:
+    """Yields ``serve(app, database=url, ...)``; every server started is stopped on exit."""
+    started: list[Gunicorn] = []
+
+    def serve(
+        app: str,
+        *,
+        database: str,
+        worker_class: str = "sync",
+        workers: int = 1,
+        threads: int = 1,
+        preload: bool = False,
+        config: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Gunicorn:
+        args = ["--worker-class", worker_class, "--workers", str(workers), "--timeout", "60"]
+        if worker_class == "gthread":
+            args += ["--threads", str(threads)]
+        if preload:
+            args.append("--preload")
+        # A file next to this one; each of them says when a worker is ready.
+        args += ["--config", str(HERE / (config or "ready_conf.py"))]
+        server = Gunicorn(
+            app,
+            args,
+            {"DATABASE_URL": database, **(env or {})},
+            log_dir / f"gunicorn-{len(started)}.log",
+        )
+        started.append(server)
+        server.start()
+        server.wait_for_workers(workers)
+        return server
+
+    try:
+        yield serve
+    finally:
+        problems = [p for server in started for p in server.stop()]
+        if problems:
+            pytest.fail("\n\n".join(problems), pytrace=False)
+
+
+def open_transactions(engine: Engine, application_name: str) -> list[tuple[object, ...]]:
+    """Connections of the application that sit inside a transaction, described."""
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite has no server to ask about other connections' transactions")
+    with engine.connect() as connection:
+        if engine.dialect.name == "postgresql":
+            query = (
+                "SELECT pid, state, xact_start, state_change, left(query, 80) "
+                "FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name = :app AND state LIKE 'idle in transaction%%' "
+                "AND pid <> pg_backend_pid()"
+            )
+            rows = connection.execute(text(query), {"app": application_name})
+        else:
+            query = (
+                "SELECT p.id, p.command, t.trx_started, p.info "
+                "FROM information_schema.innodb_trx t "
+                "JOIN information_schema.processlist p ON p.id = t.trx_mysql_thread_id "
+                "WHERE p.db = DATABASE() AND p.id <> CONNECTION_ID()"
+            )
+            rows = connection.execute(text(query))
+        return [tuple(row) for row in rows]
+
+
+def load_module(path: Path, database: str) -> ModuleType:
+    """Import the application at ``path`` afresh, as a worker would, with ``DATABASE_URL``."""
+    previous = os.environ.get("DATABASE_URL")
+    os.environ["DATABASE_URL"] = database
+    try:
+        spec = importlib.util.spec_from_file_location(f"loaded_{path.stem}_{id(path)}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # annotations resolve through it
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            del sys.modules[spec.name]
+        return module
+    finally:
+        if previous is None:
+            del os.environ["DATABASE_URL"]
+        else:
+            os.environ["DATABASE_URL"] = previous
+
+
+@contextlib.contextmanager
+def app_tables(path: Path, database: str) -> Iterator[ModuleType]:
+    """The tables of the application at ``path``, fresh, for the duration of the block.
+
+    Created here rather than by the workers: workers importing an application
+    at the same moment would race to create them.
+    """
+    module = load_module(path, database)
+    metadata = module.Base.metadata
+    metadata.drop_all(module.engine)
+    metadata.create_all(module.engine)
+    try:
+        yield module
+    finally:
+        metadata.drop_all(module.engine)
+        module.engine.dispose()
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:``port`` to a database; :meth:`stop` makes it unreachable.
+
+    Stopping closes the listening socket (new connections are refused) and
+    every forwarded connection (pooled connections break); :meth:`start`
+    listens again on the same port.
+    """
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = 0
+        self._listener: socket.socket | None = None
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        thread = threading.Thread(target=self._accept, args=(listener,), daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def stop(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+        with self._lock:
+            sockets, self._sockets = self._sockets, set()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        for thread in self._threads:
+            thread.join(5)
+        self._threads = []
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets.update((client, upstream))
+            thread = threading.Thread(target=self._pump, args=(client, upstream), daemon=True)
+            thread.start()
+
+    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+        pair = {a: b, b: a}
+        try:
+            while True:
+                readable, _, _ = select.select(list(pair), [], [], 1.0)
+                if a.fileno() < 0 or b.fileno() < 0:
+                    return
+                for sock in readable:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    pair[sock].sendall(data)
+        except (OSError, ValueError):
+            return
+        finally:
+            for sock in (a, b):
+                with contextlib.suppress(OSError):
+                    sock.close()
+            with self._lock:
+                self._sockets.difference_update((a, b))
