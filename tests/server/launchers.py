@@ -44,7 +44,7 @@ from typing import ClassVar
 import pytest
 from support import missing
 
-from .conftest import HERE, ROOT, Gunicorn, _die_with_parent
+from .support import HERE, ROOT, Gunicorn, _die_with_parent
 
 UWSGI = Path(sys.executable).with_name("uwsgi")
 WAITRESS = Path(sys.executable).with_name("waitress-serve")
@@ -379,12 +379,14 @@ def sendfile_calls(server: Gunicorn) -> Iterator[list[int]]:
         missing("strace: apt-get install strace (.ci/install-servers does)")
     assert server.process is not None
     pids = session_processes(server)
-    out = Path(tempfile.mkstemp(prefix="wsgi_sqla-strace-")[1])
+    handle, name = tempfile.mkstemp(prefix="wsgi_sqla-strace-")
+    os.close(handle)
+    out = Path(name)
     command = [STRACE, "-f", "-qq", "-e", "trace=sendfile", "-o", str(out)]
     for pid in pids:
         command += ["-p", str(pid)]
     tracer = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_die_with_parent
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent
     )
     time.sleep(0.5)  # strace attaches asynchronously
     calls: list[int] = []

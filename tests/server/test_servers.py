@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import database_url
 from sqlalchemy import Engine, create_engine, text
+from support import database_url
 
-from .conftest import Gunicorn, app_tables, load_module, open_transactions
 from .launchers import SERVER_NAMES, launch, sendfile_calls
+from .support import Gunicorn, app_tables, load_module, open_transactions
 from .test_faults import read_some_then_hang_up
 
 ROOT = Path(__file__).resolve().parents[2]
