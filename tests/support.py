@@ -194,7 +194,7 @@ class Exchange:
     @property
     def client_status(self) -> str:
         """The status line a client would receive: the server answers 500 on an error."""
-        if self.error is not None and not self.body:
+        if self.error is not None and self.status is None:
             return "500 Internal Server Error"
         assert self.status is not None
         return self.status
@@ -267,7 +267,11 @@ def serve(
     finally:
         if close and hasattr(iterable, "close"):
             seen.events.append(("close", None))
-            iterable.close()
+            try:
+                iterable.close()
+            except Exception as exc:  # a server logs it; the response is out already
+                seen.error = exc
+                seen.events.append(("error", exc))
     return seen
 
 

@@ -8,8 +8,10 @@ gunicorn end of the story is in tests/server/test_gunicorn.py.
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
@@ -99,3 +101,75 @@ def test_session_middleware_covers_engines_bound_per_model(fresh: Engine) -> Non
 def test_fork_safe_refuses_what_is_not_an_engine() -> None:
     with pytest.raises(TypeError, match=r"fork_safe\(\): needs a sqlalchemy.Engine, got .*str"):
         fork_safe("postgresql://")  # type: ignore[arg-type]
+
+
+# -- a fork that runs none of Python's fork hooks (uWSGI forks its workers from C) ------
+
+
+def in_child_without_hooks(work: Callable[[], int]) -> int:
+    """Like :func:`in_child`, forking through libc so that no ``register_at_fork`` hook runs."""
+    read_end, write_end = os.pipe()
+    pid = ctypes.CDLL(None, use_errno=True).fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.write(write_end, str(work()).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    assert pid > 0, "fork failed"
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        answer = reader.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, answer
+    return int(answer)
+
+
+@SERVERS
+def test_without_fork_hooks_an_unprotected_engine_shares_the_parents_connection(
+    fresh: Engine,
+) -> None:
+    """The hazard under uWSGI's default mode; shows that the tests below can fail."""
+    parents = backend(fresh)
+    assert in_child_without_hooks(lambda: backend(fresh)) == parents
+
+
+@SERVERS
+def test_without_fork_hooks_a_fork_safe_engine_refuses_the_parents_connection(
+    fresh: Engine,
+) -> None:
+    fork_safe(fresh)
+    parents = backend(fresh)
+    assert in_child_without_hooks(lambda: backend(fresh)) != parents
+    assert backend(fresh) == parents, "the child closed the parent's connection"
+
+
+@SERVERS
+def test_without_fork_hooks_a_request_in_the_child_gets_a_connection_of_its_own(
+    fresh: Engine,
+) -> None:
+    session = scoped_session(sessionmaker(bind=fresh))
+    query = (
+        "SELECT pg_backend_pid()"
+        if fresh.dialect.name == "postgresql"
+        else "SELECT CONNECTION_ID()"
+    )
+    seen: list[int] = []
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        seen.append(int(session.execute(text(query)).scalar_one()))
+        start_response("200 OK", [])
+        return [b""]
+
+    middleware = SessionMiddleware(app, session)
+    parents = backend(fresh)
+
+    def request() -> int:
+        body = middleware({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, lambda *a: None)
+        list(body)
+        getattr(body, "close", lambda: None)()
+        return seen[-1]
+
+    assert in_child_without_hooks(request) != parents
+    assert backend(fresh) == parents, "the child closed the parent's connection"

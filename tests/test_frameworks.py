@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import bottle
 import flask
+import pytest
 import webtest
-from support import Models, Probe
+from support import FakeServer, Models, Probe
 
 from wsgi_sqla import SessionMiddleware
 
@@ -64,3 +68,212 @@ def test_bottle_generator_body_commits_after_streaming(
 
     assert webtest.TestApp(SessionMiddleware(app, session)).get("/").text == "one;two;"
     assert probe.names() == ["ann", "tail"]
+
+
+def test_bottle_generator_route_commits_its_work_up_to_the_first_yield_even_if_cut(
+    session: Any, models: Models, probe: Probe, fake_server: FakeServer
+) -> None:
+    """Bottle pulls the first chunk before start_response: that work is the decided unit.
+
+    Pinned as documented (docs/deploying/servers.rst): what a Bottle
+    generator does before its first ``yield`` is committed with the status,
+    before the headers; only what it does after is streamed work, kept only
+    for a body read to its end.
+    """
+    app = bottle.Bottle()
+
+    @app.get("/")
+    def listing() -> Iterator[str]:
+        models.User(name="before-first-yield").save()
+        yield "one;"
+        models.User(name="after-first-yield").save()
+        yield "two;"
+
+    seen = fake_server(SessionMiddleware(app, session), disconnect_after=1)
+    assert seen.events[0] == ("start_response", ("200 OK", ["before-first-yield"]))
+    assert probe.names() == ["before-first-yield"]
+
+
+def test_bottle_head_on_a_generator_route_commits_the_work_up_to_the_first_yield(
+    session: Any, models: Models, probe: Probe
+) -> None:
+    """Bottle runs a generator route to its first yield for HEAD, then closes it."""
+    app = bottle.Bottle()
+
+    @app.get("/")
+    def listing() -> Iterator[str]:
+        models.User(name="before-first-yield").save()
+        yield "one;"
+        models.User(name="after-first-yield").save()
+        yield "two;"
+
+    assert webtest.TestApp(SessionMiddleware(app, session)).head("/").status_int == 200
+    assert probe.names() == ["before-first-yield"]
+
+
+def pyramid_app(models: Models) -> Any:
+    from pyramid.config import Configurator
+    from pyramid.httpexceptions import HTTPBadRequest
+    from pyramid.response import Response
+
+    def create(request: Any) -> Response:
+        models.User(name=request.params["name"]).save()
+        if request.params.get("fail") == "raise":
+            raise LookupError("the view failed")
+        if request.params.get("fail") == "400":
+            raise HTTPBadRequest()
+        return Response("created", status=201)
+
+    with Configurator() as config:
+        config.add_route("create", "/users")
+        config.add_view(create, route_name="create", request_method="POST")
+        return config.make_wsgi_app()
+
+
+def falcon_app(models: Models) -> Any:
+    import falcon
+
+    class Users:
+        def on_post(self, req: Any, resp: Any) -> None:
+            models.User(name=req.get_param("name")).save()
+            if req.get_param("fail") == "raise":
+                raise LookupError("the view failed")
+            if req.get_param("fail") == "400":
+                raise falcon.HTTPBadRequest()
+            resp.status = falcon.HTTP_201
+            resp.text = "created"
+
+    app = falcon.App()
+    app.add_route("/users", Users())
+    return app
+
+
+FRAMEWORKS = [pytest.param(pyramid_app, id="pyramid"), pytest.param(falcon_app, id="falcon")]
+
+
+@pytest.mark.parametrize("make_app", FRAMEWORKS)
+def test_framework_commits_a_201(session: Any, models: Models, probe: Probe, make_app: Any) -> None:
+    client = webtest.TestApp(SessionMiddleware(make_app(models), session))
+    client.post("/users?name=ann", status=201)
+    assert probe.names() == ["ann"]
+
+
+@pytest.mark.parametrize("make_app", FRAMEWORKS)
+def test_framework_rolls_back_a_400(
+    session: Any, models: Models, probe: Probe, make_app: Any
+) -> None:
+    client = webtest.TestApp(SessionMiddleware(make_app(models), session))
+    client.post("/users?name=ann&fail=400", status=400)
+    assert probe.names() == []
+
+
+def drive(app: Any, method: str, query: str) -> tuple[str | None, BaseException | None]:
+    """Call ``app`` as a server does; the status it got and the exception it logged, if any."""
+    environ = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": "/users",
+        "QUERY_STRING": query,
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.errors": sys.stderr,
+    }
+    statuses: list[str] = []
+    error: BaseException | None = None
+    body = app(environ, lambda status, headers, exc_info=None: statuses.append(status))
+    try:
+        b"".join(body)
+    finally:
+        try:
+            getattr(body, "close", lambda: None)()
+        except Exception as exc:
+            error = exc
+    return (statuses[-1] if statuses else None), error
+
+
+@pytest.mark.parametrize("make_app", FRAMEWORKS)
+def test_framework_view_that_raises_answers_500_and_keeps_nothing(
+    session: Any, models: Models, probe: Probe, make_app: Any
+) -> None:
+    status, error = drive(
+        SessionMiddleware(make_app(models), session), "POST", "name=ann&fail=raise"
+    )
+    assert status is not None and status.startswith("500")
+    # Pyramid lets the exception reach the middleware, which raises it again from close();
+    # Falcon answers 500 itself.
+    assert error is None or isinstance(error, LookupError)
+    assert probe.names() == []
+    assert probe.checked_out() == 0
+
+
+def file_app(name: str, path: Path) -> Any:
+    """Each framework's own way of sending a file, which goes through wsgi.file_wrapper."""
+    if name == "flask":
+        app = flask.Flask(__name__)
+        app.add_url_rule("/file", "file", lambda: flask.send_file(path))
+        return app
+    if name == "bottle":
+        bapp = bottle.Bottle()
+        bapp.route("/file", callback=lambda: bottle.static_file(path.name, root=str(path.parent)))
+        return bapp
+    if name == "pyramid":
+        from pyramid.config import Configurator
+        from pyramid.response import FileResponse
+
+        with Configurator() as config:
+            config.add_route("file", "/file")
+            config.add_view(
+                lambda request: FileResponse(str(path), request=request), route_name="file"
+            )
+            return config.make_wsgi_app()
+    import falcon
+
+    class Download:
+        def on_get(self, req: Any, resp: Any) -> None:
+            resp.set_stream(open(path, "rb"), path.stat().st_size)  # noqa: SIM115
+
+    fapp = falcon.App()
+    fapp.add_route("/file", Download())
+    return fapp
+
+
+@pytest.mark.parametrize("name", ["flask", "bottle", "pyramid", "falcon"])
+def test_framework_file_responses_reach_the_server_as_its_own_file_wrapper(
+    session: Any, tmp_path: Path, name: str
+) -> None:
+    path = tmp_path / "download.bin"
+    path.write_bytes(b"x" * 100_000)
+    made: list[Any] = []
+
+    class FileWrapper:
+        def __init__(self, filelike: Any, block_size: int = 8192) -> None:
+            self.filelike = filelike
+            made.append(self)
+
+        def __iter__(self) -> Any:
+            return iter(lambda: self.filelike.read(8192), b"")
+
+        def close(self) -> None:
+            self.filelike.close()
+
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/file",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.errors": sys.stderr,
+        "wsgi.file_wrapper": FileWrapper,
+    }
+    statuses: list[str] = []
+    body = SessionMiddleware(file_app(name, path), session)(
+        environ, lambda status, headers, exc_info=None: statuses.append(status)
+    )
+    assert statuses == ["200 OK"]
+    assert len(made) == 1 and body is made[0]
+    assert b"".join(body) == path.read_bytes()
+    body.close()

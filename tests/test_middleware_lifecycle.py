@@ -210,4 +210,5 @@ def test_decision_and_reason_are_logged_at_debug(
         "committed /201-Created (not vetoed): 201 Created",
         "rolled back /404-Not-Found (vetoed): 404 Not Found",
         "rolled back /raise (the application raised)",
+        "GET /raise failed; answered 500, the exception is raised again from close()",
     ]

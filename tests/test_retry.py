@@ -332,7 +332,7 @@ def test_error_propagates_and_nothing_is_kept_when_the_request_is_not_run_again(
 ) -> None:
     result, attempts = run(case)
     assert isinstance(result.error, raised)
-    assert result.status is None
+    assert result.status == "500 Internal Server Error"
     assert len(attempts) == runs
     assert probe.names() == []
     assert probe.checked_out() == 0

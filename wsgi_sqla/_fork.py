@@ -1,4 +1,4 @@
-"""Engines that survive ``os.fork()``: a child never uses its parent's connections.
+"""Engines that survive a fork: a child never uses its parent's connections.
 
 A pre-forking server that imports the application before it forks (``gunicorn
 --preload``, uWSGI without ``lazy-apps``) copies every engine's connection
@@ -8,15 +8,30 @@ once, and two workers end up talking over one socket: interleaved protocol
 messages, one worker reading the other's results, or a transaction committed
 by someone else's request.
 
-SQLAlchemy's documented cure ("Using Connection Pools with Multiprocessing
-or os.fork()") is ``engine.dispose(close=False)`` in the child: the child
-starts with an empty pool of its own and leaves the inherited connections
-untouched, so the parent can go on using them. :func:`fork_safe` registers
-exactly that with :func:`os.register_at_fork`, which costs nothing per
-request. :class:`~wsgi_sqla.SessionMiddleware` does it by itself for the
+Three guards, each cheap, so that no server setting is needed:
+
+1. :func:`os.register_at_fork`: after a fork made by Python (gunicorn,
+   multiprocessing, Celery) the child calls ``engine.dispose(close=False)``
+   (SQLAlchemy's documented cure): it starts with an empty pool of its own
+   and leaves the inherited connections untouched, so the parent can go on
+   using them.
+2. A process check at the start of each request (:func:`adopt_pools`, one
+   ``os.getpid()``): a server that forks from C without running Python's
+   fork hooks (uWSGI by default, unless ``--py-call-osafterfork``) is caught
+   before the request checks anything out, and the inherited pools are
+   dropped the same way. This runs before ``pool_pre_ping`` could send a
+   ping over a socket another process also uses.
+3. SQLAlchemy's pool-event recipe for whatever else checks out a
+   connection in a child (a script, a thread started before any request):
+   the pid is recorded on ``connect``, and on ``checkout`` a connection
+   opened by another process is detached from its record (so the child
+   never closes the parent's socket, which would end the parent's session)
+   and refused with :class:`~sqlalchemy.exc.DisconnectionError`; the pool
+   then opens a fresh one.
+
+:class:`~wsgi_sqla.SessionMiddleware` does all of this by itself for the
 engines its sessions are bound to; call :func:`fork_safe` for any other
-engine (one used only by scripts or tasks, or bound per mapper in a way the
-middleware cannot see).
+engine.
 """
 
 from __future__ import annotations
@@ -27,25 +42,31 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event, exc
 from sqlalchemy.orm import scoped_session
 
-__all__ = ["dispose_in_children", "fork_safe"]
+__all__ = ["adopt_pools", "dispose_in_children", "fork_safe"]
 
-_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+#: Each registered engine, with the pid of the process its pool belongs to.
+_engines: weakref.WeakKeyDictionary[Engine, int] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 _hook_registered = False
+#: The process whose pools the registered engines hold; another pid means a fork.
+_owner = os.getpid()
+
+_PID = "wsgi_sqla_pid"
 
 
 def fork_safe(engine: Engine) -> Engine:
-    """Make ``engine`` start with an empty pool in every child process; return it.
+    """Make ``engine`` never hand a child process a connection of its parent; return it.
 
-    After ``os.fork()`` the child calls ``engine.dispose(close=False)``: the
-    connections inherited from the parent are dropped without being closed
-    (closing them would end the parent's sessions too) and the child opens
-    its own on first use. Calling it again for the same engine does nothing
-    more. The engine is held weakly, so this keeps no engine alive. On
-    platforms without ``os.fork`` it does nothing.
+    After a fork the child starts with an empty pool and opens its own
+    connections on first use; the inherited ones are dropped without being
+    closed (closing them would end the parent's sessions too). This holds
+    whether or not the server runs Python's fork hooks: a connection opened
+    by another process is refused at checkout. Calling it again for the same
+    engine does nothing more. The engine is held weakly, so this keeps no
+    engine alive.
     """
     if not isinstance(engine, Engine):
         raise TypeError(
@@ -54,16 +75,57 @@ def fork_safe(engine: Engine) -> Engine:
         )
     global _hook_registered
     with _lock:
-        _engines.add(engine)
+        if engine in _engines:
+            return engine
+        _engines[engine] = os.getpid()
+        event.listen(engine, "connect", _record_pid)
+        event.listen(engine, "checkout", _refuse_foreign)
         if not _hook_registered and hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=_dispose_inherited_pools)
+            os.register_at_fork(after_in_child=_after_fork)
             _hook_registered = True
     return engine
 
 
-def _dispose_inherited_pools() -> None:
-    for engine in list(_engines):
-        engine.dispose(close=False)
+def _record_pid(dbapi_connection: Any, record: Any) -> None:
+    record.info[_PID] = os.getpid()
+
+
+def _refuse_foreign(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    pid = os.getpid()
+    opened_by = record.info.get(_PID, pid)
+    if opened_by != pid:
+        # Detach before raising: the pool then invalidates a record with no connection,
+        # so the parent's socket is never closed (nor a goodbye sent over it) from here.
+        record.dbapi_connection = proxy.dbapi_connection = None
+        raise exc.DisconnectionError(
+            f"wsgi_sqla: connection opened by process {opened_by}, checked out in {pid}; "
+            "replaced by a connection of this process"
+        )
+
+
+def _after_fork() -> None:
+    adopt_pools()
+
+
+def adopt_pools() -> None:
+    """In a process that forked since the pools were made, drop the inherited pools.
+
+    Costs one ``os.getpid()`` when nothing forked. Engines whose pool was
+    made in this process (an application imported after the fork) are left
+    alone.
+    """
+    global _owner
+    pid = os.getpid()
+    if pid == _owner:
+        return
+    with _lock:
+        if pid == _owner:
+            return
+        for engine, made_in in list(_engines.items()):
+            if made_in != pid:
+                engine.dispose(close=False)
+                _engines[engine] = pid
+        _owner = pid
 
 
 def dispose_in_children(sessions: Iterable[scoped_session[Any]]) -> None:

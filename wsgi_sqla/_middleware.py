@@ -10,9 +10,10 @@ the client is told: after the application has produced its status and
 before any byte of the response, headers included, reaches the server. That
 ordering is the whole point. A hook that commits after the response has
 been built (Flask's ``after_request``) or after it has been sent can tell
-the client "200 OK" and then fail to commit; here a failed commit raises
-instead, so the server answers 500 and the client never sees success for
-data that is not in the database.
+the client "200 OK" and then fail to commit; here a failed commit answers
+``500 Internal Server Error`` instead (and is raised again from ``close()``
+for the server's log and outer error-reporting middleware), so the client
+never sees success for data that is not in the database, on any server.
 
 Applications that call ``start_response`` lazily, from inside the first
 iteration of their body (generator applications), are handled by pulling
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import scoped_session
 
-from ._fork import dispose_in_children
+from ._fork import adopt_pools, dispose_in_children
 from ._replicas import RoutedUnit, Router, default_replica_reads
 from ._retry import DEFAULT_RETRY_BODY_LIMIT, RetryPolicy
 from ._transient import is_transient_error
@@ -44,7 +45,7 @@ from ._unit import UnitOfWork, check_sessions, current
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-__all__ = ["CommitVeto", "SessionMiddleware", "default_commit_veto"]
+__all__ = ["CommitVeto", "SessionMiddleware", "default_commit_veto", "error_response"]
 
 logger = logging.getLogger("wsgi_sqla")
 
@@ -71,8 +72,8 @@ class SessionMiddleware:
       the veto and the per-request override allow it, and every commit
       succeeded; otherwise all of them are rolled back;
     * the decision is taken before any byte of the response reaches the
-      server, and a failed commit propagates as an exception instead of the
-      application's status;
+      server, and a failed commit never lets the application's status out:
+      the client gets ``500 Internal Server Error`` (see ``errors``);
     * the application's iterable is closed exactly once and the sessions are
       then removed, whatever happened, so no connection stays checked out;
     * a request that never touches a session creates no Session, checks out
@@ -115,15 +116,36 @@ class SessionMiddleware:
     :param replica_backoff: seconds a replica that failed is skipped before it
         is tried again (0 to 30, default 5).
     :param position_max_age: seconds a token stays valid (default 30).
+    :param errors: what a request whose application raised, or whose commit
+        failed, gives the server while nothing of its response was sent.
+        ``"respond"`` (the default): the middleware answers ``500 Internal
+        Server Error`` with a body that reveals nothing, logs the exception
+        with its traceback, and raises that same exception again from the
+        response's ``close()``, so the server logs it and error-reporting
+        middleware wrapped around this one (Sentry's) still sees it. Every
+        server then sends a status, uWSGI included, which otherwise drops
+        the connection without one. ``"propagate"``: the exception leaves
+        the middleware's call, as a development debugger wrapped around it
+        expects; the server then answers (or, uWSGI, drops the connection).
+        Once the response has begun, an exception always propagates.
     :raises TypeError: when an argument has the wrong type (``app`` or
         ``commit_veto`` not callable, a session not a ``scoped_session``).
-    :raises ValueError: when a retry keyword is negative.
+    :raises ValueError: when a retry keyword is negative, or ``errors`` is
+        neither ``"respond"`` nor ``"propagate"``.
 
-    The engines bound to the sessions are disposed of in child processes
-    after ``os.fork()`` (see :func:`~wsgi_sqla.fork_safe`), so a server that
-    imports the application before forking its workers (``gunicorn
-    --preload``) never lets two processes share a connection.
+    The engines bound to the sessions are made :func:`~wsgi_sqla.fork_safe`,
+    so a server that imports the application before forking its workers
+    (``gunicorn --preload``, uWSGI by default, with or without its fork-hook
+    flags) never lets two processes share a connection.
+
+    When the application returns the server's own ``wsgi.file_wrapper``
+    object, the request's unit ends before the middleware returns (after-
+    commit hooks run then, before the file is sent) and the server gets that
+    object untouched, so it keeps its ``sendfile`` fast path.
     """
+
+    #: What serves one attempt of a request (the routed kind when ``replicas`` is given).
+    _request: type[RequestUnit]
 
     def __init__(
         self,
@@ -139,6 +161,7 @@ class SessionMiddleware:
         position_secret: str | bytes | None = None,
         replica_backoff: float = 5.0,
         position_max_age: float = 30.0,
+        errors: str = "respond",
     ) -> None:
         if not callable(app):
             raise TypeError(
@@ -149,7 +172,12 @@ class SessionMiddleware:
                 "SessionMiddleware: commit_veto must be a callable "
                 f"commit_veto(environ, status, headers) -> bool, got {commit_veto!r}"
             )
+        if errors not in ("respond", "propagate"):
+            raise ValueError(
+                f"SessionMiddleware: errors must be 'respond' or 'propagate', got {errors!r}"
+            )
         self.app = app
+        self.errors = errors
         self.sessions: tuple[scoped_session[Any], ...] = check_sessions(
             sessions, "SessionMiddleware"
         )
@@ -171,13 +199,19 @@ class SessionMiddleware:
             self.__class__ = RoutedSessionMiddleware
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        if self.retry is not None:
-            return self.retry.run(self._attempt, environ, start_response)
-        return RequestUnit(self, environ, start_response).run()
+        adopt_pools()
+        try:
+            if self.retry is not None:
+                return self.retry.run(self._attempt, environ, start_response)
+            return self._request(self, environ, start_response).run()
+        except Exception as exc:
+            if self.errors == "propagate" or getattr(exc, STARTED, False):
+                raise
+            return error_response(exc, environ, start_response)
 
     def _attempt(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Run the request once, as one unit of work (one attempt of the retry loop)."""
-        return RequestUnit(self, environ, start_response).run()
+        return self._request(self, environ, start_response).run()
 
 
 class RoutedSessionMiddleware(SessionMiddleware):
@@ -185,14 +219,59 @@ class RoutedSessionMiddleware(SessionMiddleware):
 
     router: Router
 
-    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        if self.retry is not None:
-            return self.retry.run(self._attempt, environ, start_response)
-        return RoutedRequestUnit(self, self.router, environ, start_response).run()
 
-    def _attempt(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        """One attempt of the retry loop, with its own route."""
-        return RoutedRequestUnit(self, self.router, environ, start_response).run()
+#: Set on an exception raised after the server was given a status: too late for a 500.
+STARTED = "_wsgi_sqla_response_started"
+#: Set on an exception the middleware already logged with its traceback (a failed commit).
+LOGGED = "_wsgi_sqla_logged"
+ERROR_BODY = b"Internal Server Error\n"
+ERROR_HEADERS = [
+    ("Content-Type", "text/plain; charset=utf-8"),
+    ("Content-Length", str(len(ERROR_BODY))),
+]
+
+
+def error_response(
+    error: Exception, environ: WSGIEnvironment, start_response: StartResponse
+) -> Iterable[bytes]:
+    """Answer 500 for a request that failed before its response began; re-raise at close().
+
+    Only for a request whose server has not been given a status yet.
+    ``exc_info`` is not passed: nothing is being replaced, and uWSGI's
+    ``start_response`` fails with a SystemError when given one.
+    """
+    start_response("500 Internal Server Error", list(ERROR_HEADERS))
+    if not getattr(error, LOGGED, False):
+        logger.error(
+            "%s %s failed; answered 500, the exception is raised again from close()",
+            environ.get("REQUEST_METHOD"),
+            environ.get("PATH_INFO"),
+            exc_info=error,
+        )
+    return ErrorResponse(error)
+
+
+class ErrorResponse:
+    """The 500's body; its ``close()`` raises the request's exception, once.
+
+    Raising it there is what lets the server log it and lets middleware
+    wrapped around ours (error reporting) see it, although the client
+    already has its status.
+    """
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error: Exception | None = error
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter((ERROR_BODY,))
+
+    def close(self) -> None:
+        """Raise the request's exception (the first call only)."""
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
 
 
 class RequestUnit:
@@ -212,6 +291,8 @@ class RequestUnit:
         "_environ",
         "_exc_info",
         "_failure",
+        "_file_wrapper",
+        "_files",
         "_finished",
         "_first",
         "_headers",
@@ -247,17 +328,31 @@ class RequestUnit:
         self._first: bytes | None = None
         self._finished = False
         self._closed = False
+        self._file_wrapper: Callable[..., Any] | None = None
+        self._files: list[object] | None = None
 
     # -- running the application -------------------------------------------
 
     def run(self) -> Iterable[bytes]:
         """Call the application, decide, and return the iterable for the server."""
         token = current.set(self.unit)
+        environ = self._environ
         try:
             try:
-                self._app_iter = app_iter = self._middleware.app(
-                    self._environ, self._start_response
-                )
+                wrapper = environ.get("wsgi.file_wrapper")
+                if wrapper is None:
+                    self._app_iter = app_iter = self._middleware.app(environ, self._start_response)
+                else:
+                    self._file_wrapper = wrapper
+                    environ["wsgi.file_wrapper"] = self._wrap_file
+                    try:
+                        self._app_iter = app_iter = self._middleware.app(
+                            environ, self._start_response
+                        )
+                    finally:
+                        environ["wsgi.file_wrapper"] = wrapper
+                    if self._files is not None and self._is_server_file(app_iter):
+                        return self._hand_over_file(app_iter)
                 try:
                     self._iterator = iter(app_iter)
                 except TypeError:
@@ -280,12 +375,45 @@ class RequestUnit:
                     raise self._failure
                 if not self._decided:
                     self._decide()
-            except BaseException:
+            except BaseException as exc:
+                if self._server_write is not None:
+                    setattr(exc, STARTED, True)
                 self._abort()
                 raise
         finally:
             current.reset(token)
         return self
+
+    # -- the server's file wrapper: handed back untouched -------------------
+
+    def _wrap_file(self, filelike: Any, *args: Any) -> object:
+        """The server's ``wsgi.file_wrapper``, remembering exactly what it returned."""
+        assert self._file_wrapper is not None
+        wrapped = self._file_wrapper(filelike, *args)
+        if self._files is None:
+            self._files = []
+        self._files.append(wrapped)
+        return wrapped
+
+    def _is_server_file(self, app_iter: object) -> bool:
+        # Identity, not isinstance: uWSGI's wrapper returns the file object itself.
+        assert self._files is not None
+        return self._status is not None and any(app_iter is f for f in self._files)
+
+    def _hand_over_file(self, app_iter: Iterable[bytes]) -> Iterable[bytes]:
+        """Decide, end the unit, and give the server its own file wrapper back.
+
+        Iterating it runs no application code, so the unit can end now: the
+        server's fast path (``sendfile``) is kept, and the after-commit hooks
+        run before the file is sent. The server closes the file.
+        """
+        if self._failure is not None:
+            raise self._failure
+        if not self._decided:
+            self._decide()
+        self._closed = True
+        self.unit.end()
+        return app_iter
 
     def _start_response(
         self, status: str, headers: _Headers, exc_info: _OptExcInfo = None
@@ -326,6 +454,7 @@ class RequestUnit:
         except BaseException as exc:
             self._failure = exc
             logger.exception("commit_veto raised; rolling back")
+            setattr(exc, LOGGED, True)
             unit.rollback()
             raise
         if commit:
@@ -336,6 +465,7 @@ class RequestUnit:
                 logger.exception(
                     "commit failed; rolled back, the client gets an error instead of %r", status
                 )
+                setattr(exc, LOGGED, True)
                 raise
             self._committed = True
         else:
@@ -439,11 +569,12 @@ class RoutedRequestUnit(RequestUnit):
     def __init__(
         self,
         middleware: SessionMiddleware,
-        router: Router,
         environ: WSGIEnvironment,
         start_response: StartResponse,
     ) -> None:
         super().__init__(middleware, environ, start_response)
+        router = middleware.router
+        assert router is not None
         # The plain unit above already discarded stale sessions; this one adds the route.
         self.unit = RoutedUnit(self.unit.sessions, router.route(environ))
         self._router = router
@@ -457,3 +588,8 @@ class RoutedRequestUnit(RequestUnit):
         if self._committed and isinstance(unit, RoutedUnit):
             self._router.finish(unit.route, status, headers)
         return self._to_server(status, headers, exc_info)
+
+
+# Set here, once both request classes exist: which one serves each kind of middleware.
+SessionMiddleware._request = RequestUnit
+RoutedSessionMiddleware._request = RoutedRequestUnit

@@ -32,6 +32,10 @@ Endpoints (``K`` is the ``key`` query parameter):
                        local address of the socket it talks to the database on
 ``GET /together``      wait until ``n`` requests of ``group`` are in this worker,
                        then say whether this request still has its own Session
+``GET /download``      insert K, answer 200 with the file named by ``SOAK_DOWNLOAD``
+                       through the server's ``wsgi.file_wrapper``, without a
+                       Content-Length (a server that recognises its wrapper may
+                       add one)
 ``GET /ping``          no database at all
 ``GET /diag``          pid, connections checked out, live objects, RSS
 =====================  ============================================================
@@ -223,6 +227,12 @@ def together(environ: dict[str, Any], start_response: _Start, p: dict[str, str])
     return _json(start_response, "200 OK", answer)
 
 
+def download(environ: dict[str, Any], start_response: _Start, p: dict[str, str]) -> Any:
+    _add(p["key"], "download")
+    start_response("200 OK", [("Content-Type", "application/octet-stream")])
+    return environ["wsgi.file_wrapper"](open(os.environ["SOAK_DOWNLOAD"], "rb"), 65536)
+
+
 def ping(environ: dict[str, Any], start_response: _Start, p: dict[str, str]) -> Any:
     return _json(start_response, "200 OK", {"pid": os.getpid()})
 
@@ -253,6 +263,7 @@ ROUTES: dict[tuple[str, str], Callable[..., Any]] = {
     ("POST", "/sleep"): sleep,
     ("GET", "/backend"): backend,
     ("GET", "/together"): together,
+    ("GET", "/download"): download,
     ("GET", "/ping"): ping,
     ("GET", "/diag"): diag,
 }
