@@ -7,7 +7,7 @@ from contextlib import ExitStack, contextmanager
 
 from sqlalchemy import Engine, func, select
 
-from bench.counting import RoundTrips, counting
+from wsgi_sqla.testing import RoundTrips, count_round_trips
 
 from .cluster import Cluster
 from .replica_app import Item
@@ -37,8 +37,8 @@ def counting_all(
 ) -> Iterator[tuple[RoundTrips, RoundTrips]]:
     """Round trips on the primary, and summed over the replicas, while the block runs."""
     with ExitStack() as stack:
-        on_primary = stack.enter_context(counting(primary))
-        per_replica = [stack.enter_context(counting(engine)) for engine in replicas]
+        on_primary = stack.enter_context(count_round_trips(primary))
+        per_replica = [stack.enter_context(count_round_trips(engine)) for engine in replicas]
         total = RoundTrips()
         yield on_primary, total
     for counts in per_replica:

@@ -16,7 +16,7 @@ import pytest
 
 from wsgi_sqla import POSITION_COOKIE, POSITION_HEADER
 
-from ..conftest import Gunicorn, Reply, Serve
+from ..support import Gunicorn, Reply, Serve
 from .checks import rows_everywhere
 from .cluster import Cluster
 
