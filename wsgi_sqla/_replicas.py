@@ -211,8 +211,8 @@ class _Token:
     __slots__ = ("issued", "positions")
 
     def __init__(self, issued: int, positions: tuple[str, ...]) -> None:
-        self.issued = issued
-        self.positions = positions
+        self.issued: int = issued
+        self.positions: tuple[str, ...] = positions
 
 
 # -- replicas and their health ----------------------------------------------------
@@ -286,11 +286,11 @@ class _Primary:
     def __init__(
         self, index: int, scoped: scoped_session[Any], engine: Engine, replicas: list[_Replica]
     ) -> None:
-        self.index = index
-        self.scoped = scoped
-        self.engine = engine
-        self.replicas = replicas
-        self.dialect = _dialect_of(engine, "SessionMiddleware")
+        self.index: int = index
+        self.scoped: scoped_session[Any] = scoped
+        self.engine: Engine = engine
+        self.replicas: list[_Replica] = replicas
+        self.dialect: _Dialect = _dialect_of(engine, "SessionMiddleware")
 
 
 class Router:
@@ -333,8 +333,8 @@ class Router:
             raise ValueError(f"{owner}: position_secret must be at least 16 characters long")
         self.reads = reads
         self.secret: bytes | None = secret.encode() if isinstance(secret, str) else secret
-        self.backoff = float(backoff)
-        self.max_age = int(max_age)
+        self.backoff: float = float(backoff)
+        self.max_age: int = int(max_age)
         self.primaries: list[_Primary] = []
         for index, (scoped, engines) in enumerate(replicas.items()):
             if not isinstance(scoped, scoped_session):
@@ -515,11 +515,11 @@ class Route:
     )
 
     def __init__(self, router: Router, replica_ok: bool, token: _Token | None) -> None:
-        self.router = router
-        self.replica_ok = replica_ok
-        self.token = token
+        self.router: Router = router
+        self.replica_ok: bool = replica_ok
+        self.token: _Token | None = token
         #: whether a token this request carried can be dropped (every replica has it).
-        self.token_drop = False
+        self.token_drop: bool = False
         #: per primary index: the connection the unit runs on.
         self.connections: dict[int, Connection] = {}
         #: per primary index: whether the connection is on the primary.
