@@ -30,6 +30,7 @@ from ._replicas import (
     POSITION_COOKIE,
     POSITION_HEADER,
     ReplicaWriteError,
+    committed_positions,
     default_replica_reads,
     use_primary,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "TransactionPoolerWarning",
     "UnitOfWork",
     "after_commit",
+    "committed_positions",
     "current_unit",
     "declarative_base",
     "default_commit_veto",

@@ -39,13 +39,13 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy import Engine, event, exc
 from sqlalchemy.orm import scoped_session
 
-__all__ = ["adopt_pools", "dispose_in_children", "fork_safe"]
+__all__ = ["adopt_pools", "dispose_in_children", "fork_safe", "on_new_process"]
 
 #: Each registered engine, with the pid of the process its pool belongs to.
 _engines: weakref.WeakKeyDictionary[Engine, int] = weakref.WeakKeyDictionary()
@@ -55,6 +55,8 @@ _hook_registered = False
 _owner = os.getpid()
 
 _PID = "wsgi_sqla_pid"
+#: Called, in order, in a process that :func:`adopt_pools` found to be new.
+_callbacks: list[Callable[[], object]] = []
 
 
 def fork_safe(engine: Engine) -> Engine:
@@ -126,6 +128,21 @@ def adopt_pools() -> None:
                 engine.dispose(close=False)
                 _engines[engine] = pid
         _owner = pid
+        callbacks = list(_callbacks)
+    for callback in callbacks:
+        callback()
+
+
+def on_new_process(callback: Callable[[], object]) -> None:
+    """Call ``callback()`` whenever :func:`adopt_pools` finds itself in a forked child.
+
+    For process-wide state other than pools (the replica lag monitor's
+    thread, which a child does not inherit). Runs after the pools were
+    dropped; registering the same callback twice calls it once.
+    """
+    with _lock:
+        if callback not in _callbacks:
+            _callbacks.append(callback)
 
 
 def dispose_in_children(sessions: Iterable[scoped_session[Any]]) -> None:

@@ -116,6 +116,10 @@ class SessionMiddleware:
     :param replica_backoff: seconds a replica that failed is skipped before it
         is tried again (0 to 30, default 5).
     :param position_max_age: seconds a token stays valid (default 30).
+    :param replica_max_lag: a replica measured more than this many seconds
+        behind its primary is skipped by requests without a token too
+        (default 30; ``None`` turns the bound and its background measurement
+        off).
     :param errors: what a request whose application raised, or whose commit
         failed, gives the server while nothing of its response was sent.
         ``"respond"`` (the default): the middleware answers ``500 Internal
@@ -144,9 +148,6 @@ class SessionMiddleware:
     object untouched, so it keeps its ``sendfile`` fast path.
     """
 
-    #: What serves one attempt of a request (the routed kind when ``replicas`` is given).
-    _request: type[RequestUnit]
-
     def __init__(
         self,
         app: WSGIApplication,
@@ -161,6 +162,7 @@ class SessionMiddleware:
         position_secret: str | bytes | None = None,
         replica_backoff: float = 5.0,
         position_max_age: float = 30.0,
+        replica_max_lag: float | None = 30.0,
         errors: str = "respond",
     ) -> None:
         if not callable(app):
@@ -186,6 +188,9 @@ class SessionMiddleware:
         self.retry: RetryPolicy | None = policy if policy.retries else None
         dispose_in_children(self.sessions)
         self.router: Router | None = None
+        #: What serves one attempt of a request: chosen here, once, so that only a
+        #: middleware with replicas pays for routing and the plain path has no branch.
+        self._request: type[RequestUnit] = RequestUnit
         if replicas is not None:
             self.router = Router(
                 replicas,
@@ -193,10 +198,9 @@ class SessionMiddleware:
                 secret=position_secret,
                 backoff=replica_backoff,
                 max_age=position_max_age,
+                max_lag=replica_max_lag,
             )
-            # Only a middleware with replicas pays for routing: it becomes the
-            # subclass whose requests carry a route; the plain hot path is untouched.
-            self.__class__ = RoutedSessionMiddleware
+            self._request = RoutedRequestUnit
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         adopt_pools()
@@ -212,12 +216,6 @@ class SessionMiddleware:
     def _attempt(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Run the request once, as one unit of work (one attempt of the retry loop)."""
         return self._request(self, environ, start_response).run()
-
-
-class RoutedSessionMiddleware(SessionMiddleware):
-    """A :class:`SessionMiddleware` constructed with ``replicas``: each request is routed."""
-
-    router: Router
 
 
 #: Set on an exception raised after the server was given a status: too late for a 500.
@@ -311,7 +309,7 @@ class RequestUnit:
         environ: WSGIEnvironment,
         start_response: StartResponse,
     ) -> None:
-        self.unit = UnitOfWork(middleware.sessions)
+        self.unit = self._start_unit(middleware, environ)
         self._middleware = middleware
         self._environ = environ
         self._server_start_response = start_response
@@ -330,6 +328,9 @@ class RequestUnit:
         self._closed = False
         self._file_wrapper: Callable[..., Any] | None = None
         self._files: list[object] | None = None
+
+    def _start_unit(self, middleware: SessionMiddleware, environ: WSGIEnvironment) -> UnitOfWork:
+        return UnitOfWork(middleware.sessions)
 
     # -- running the application -------------------------------------------
 
@@ -564,7 +565,9 @@ class RoutedRequestUnit(RequestUnit):
     server, so a request that committed a write adds its position token.
     """
 
-    __slots__ = ("_router", "_to_server")
+    __slots__ = ("_to_server",)
+
+    unit: RoutedUnit
 
     def __init__(
         self,
@@ -573,23 +576,17 @@ class RoutedRequestUnit(RequestUnit):
         start_response: StartResponse,
     ) -> None:
         super().__init__(middleware, environ, start_response)
-        router = middleware.router
-        assert router is not None
-        # The plain unit above already discarded stale sessions; this one adds the route.
-        self.unit = RoutedUnit(self.unit.sessions, router.route(environ))
-        self._router = router
         self._to_server = start_response
         self._server_start_response = self._start_server
+
+    def _start_unit(self, middleware: SessionMiddleware, environ: WSGIEnvironment) -> RoutedUnit:
+        router = middleware.router
+        assert router is not None
+        return router.request_unit(middleware.sessions, environ)
 
     def _start_server(
         self, status: str, headers: _Headers, exc_info: _OptExcInfo = None
     ) -> Callable[[bytes], object]:
-        unit = self.unit
-        if self._committed and isinstance(unit, RoutedUnit):
-            self._router.finish(unit.route, status, headers)
+        if self._committed:
+            self.unit.route.respond(status, headers)
         return self._to_server(status, headers, exc_info)
-
-
-# Set here, once both request classes exist: which one serves each kind of middleware.
-SessionMiddleware._request = RequestUnit
-RoutedSessionMiddleware._request = RoutedRequestUnit

@@ -13,33 +13,43 @@ The routing rules (the user's guide is ``docs/deploying/replicas.rst``):
   LSN; MariaDB: ``@@last_gtid`` of the committing connection); a later
   request carrying it uses a replica only once that replica has replayed
   the position, and the primary otherwise;
-* replicas that fail are skipped for a back-off, logged once per outage.
+* replicas that fail are skipped for a back-off, logged once per outage;
+* a background thread per process measures each replica's lag, so that a
+  replica further behind than the bound is skipped by requests without a
+  token too, and no request pays a round trip for it.
 
-The middleware calls in through two hooks only: :meth:`Router.route` (a new
-request gets a :class:`RoutedUnit`, whose ``remove()`` also releases the
-route's connections) and :meth:`Router.finish` (the request committed:
-maybe issue or drop a token). Sessions reach their route when the scoped
+The owners call in through :class:`Router`: the middleware gets a
+:class:`RoutedUnit` per request from :meth:`Router.request_unit` and, once
+the request committed, lets :meth:`Route.respond` add or drop the token;
+``transaction(db, replicas=...)`` and the Celery base get theirs from
+:meth:`Router.unit`. A routed unit reads the primaries' positions right after
+its commit, releases the route's connections when its sessions are removed,
+and lets an after-commit hook's Celery task carry those positions
+(:func:`committed_positions`). Sessions reach their route when the scoped
 session's registry creates them (:meth:`Route.attach`).
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import hashlib
 import hmac
 import itertools
 import logging
+import math
 import re
 import select
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, event, exc
 from sqlalchemy.orm import Session, scoped_session
 
-from ._fork import fork_safe
+from ._fork import fork_safe, on_new_process
 from ._unit import UnitOfWork, current_unit
 
 if TYPE_CHECKING:
@@ -52,6 +62,7 @@ __all__ = [
     "Route",
     "RoutedUnit",
     "Router",
+    "committed_positions",
     "default_replica_reads",
     "use_primary",
 ]
@@ -93,8 +104,9 @@ class _Dialect:
     """How one kind of database spells and compares positions."""
 
     name = ""
-    primary_position_sql = ""
     replica_position_sql = ""
+    #: One statement, on the replica: its lag in seconds (see :meth:`parse_lag`).
+    lag_sql = ""
 
     def valid(self, text: str) -> bool:
         raise NotImplementedError
@@ -111,6 +123,10 @@ class _Dialect:
     def read_primary(self, connection: Connection) -> str | None:
         raise NotImplementedError
 
+    def parse_lag(self, row: dict[str, object] | None) -> float | None:
+        """Seconds behind, ``math.inf`` when replication is not running, ``None`` if unknown."""
+        raise NotImplementedError
+
 
 def _lsn(text: str) -> int:
     high, low = text.split("/")
@@ -120,6 +136,19 @@ def _lsn(text: str) -> int:
 class _PostgreSQL(_Dialect):
     name = "postgresql"
     replica_position_sql = "SELECT pg_last_wal_replay_lsn()::text"
+    # Nothing received but not yet replayed: not behind, even if the primary
+    # has been idle for hours (now() - the last replay time would say so).
+    lag_sql = (
+        "SELECT CASE WHEN NOT pg_is_in_recovery() THEN 0 "
+        "WHEN pg_last_wal_receive_lsn() IS NULL THEN NULL "
+        "WHEN pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0 "
+        "ELSE EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp()) "
+        "END AS lag"
+    )
+
+    def parse_lag(self, row: dict[str, object] | None) -> float | None:
+        value = None if row is None else row.get("lag")
+        return None if value is None else max(0.0, float(str(value)))
 
     def valid(self, text: str) -> bool:
         return _PG_LSN.match(text) is not None
@@ -157,6 +186,14 @@ class _PostgreSQL(_Dialect):
 class _MariaDB(_Dialect):
     name = "mariadb"
     replica_position_sql = "SELECT @@gtid_slave_pos"
+    lag_sql = "SHOW SLAVE STATUS"
+
+    def parse_lag(self, row: dict[str, object] | None) -> float | None:
+        if row is None:
+            return math.inf  # not a replica (any more): nothing is applied here
+        value = row.get("Seconds_Behind_Master")
+        # NULL: the IO or SQL thread is not running, so it falls further behind.
+        return math.inf if value is None else float(str(value))
 
     def valid(self, text: str) -> bool:
         return _MARIADB_GTID.match(text) is not None
@@ -219,18 +256,43 @@ class _Token:
 
 
 class _Replica:
-    """One replica engine and what this process has seen of it."""
+    """One replica engine and what this process has seen of it (shared by every router)."""
 
-    __slots__ = ("down_until", "engine", "label", "lock", "position")
+    __slots__ = (
+        "__weakref__",
+        "backoff",
+        "dialect",
+        "down_until",
+        "engine",
+        "label",
+        "lag",
+        "lag_interval",
+        "lag_read_at",
+        "lagging",
+        "lock",
+        "monitor_pool",
+        "position",
+    )
 
-    def __init__(self, engine: Engine, label: str) -> None:
-        self.engine = engine
-        self.label = label
+    def __init__(self, engine: Engine, dialect: _Dialect) -> None:
+        self.engine: Engine = engine
+        self.dialect: _Dialect = dialect
+        self.label: str = _label(engine)
         self.lock = threading.Lock()
+        #: seconds a failure keeps it skipped (the newest router's ``replica_backoff``).
+        self.backoff: float = 5.0
         #: monotonic time until which the replica is skipped; 0 when healthy.
-        self.down_until = 0.0
+        self.down_until: float = 0.0
         #: the newest position observed on this replica (positions only grow).
         self.position: object = None
+        #: the last lag measured by the monitor (seconds; ``math.inf``: not replicating).
+        self.lag: float | None = None
+        self.lag_read_at: float = 0.0
+        #: seconds between measurements: a quarter of the tightest bound, at most 1 s.
+        self.lag_interval: float = 1.0
+        self.lagging = False
+        #: ``[pool]``: the monitor's own pool, so its statements are nobody's request's.
+        self.monitor_pool: list[Any] | None = None
 
     def observe(self, position: object) -> None:
         with self.lock:
@@ -239,10 +301,10 @@ class _Replica:
     def healthy(self, now: float) -> bool:
         return self.down_until <= now
 
-    def fail(self, error: BaseException, backoff: float) -> None:
+    def fail(self, error: BaseException) -> None:
         with self.lock:
             first = self.down_until == 0.0
-            self.down_until = time.monotonic() + backoff
+            self.down_until = time.monotonic() + self.backoff
         if first:
             logger.warning(
                 "read replica %s failed (%s: %s); it is skipped for %.3g s and its requests "
@@ -250,7 +312,7 @@ class _Replica:
                 self.label,
                 type(error).__name__,
                 str(error).splitlines()[0] if str(error) else "",
-                backoff,
+                self.backoff,
             )
 
     def recovered(self) -> None:
@@ -259,6 +321,187 @@ class _Replica:
                 was_down, self.down_until = self.down_until != 0.0, 0.0
             if was_down:
                 logger.warning("read replica %s is reachable again and serves reads", self.label)
+
+    def within(self, max_lag: float, now: float) -> bool:
+        """Whether its last measured lag is at most ``max_lag`` (or not known: then yes)."""
+        lag = self.lag
+        if lag is None or lag <= max_lag:
+            return True
+        # A reading the monitor stopped refreshing (a server that runs no Python
+        # threads) says nothing any more.
+        return now - self.lag_read_at > max(10 * self.lag_interval, 2.0)
+
+    def measure(self) -> None:
+        """Read the lag over the monitor's own connection; log crossing the bound once."""
+        holder = self.monitor_pool
+        if holder is None:
+            return
+        try:
+            connection = holder[0].connect()
+            try:
+                cursor = connection.cursor()
+                cursor.execute(self.dialect.lag_sql)
+                row = cursor.fetchone()
+                names = [column[0] for column in cursor.description or ()]
+                cursor.close()
+            finally:
+                connection.close()
+        except Exception as error:
+            # Unreachable: the requests' own health check handles that.
+            logger.debug("measuring the lag of %s failed: %s", self.label, error)
+            self.lag = None
+            return
+        self.lag = self.dialect.parse_lag(
+            None if row is None else dict(zip(names, row, strict=False))
+        )
+        self.lag_read_at = time.monotonic()
+
+    def judge(self, max_lag: float) -> None:
+        """Log once when the replica goes over ``max_lag``, and once when it is back."""
+        over = self.lag is not None and self.lag > max_lag
+        if over != self.lagging:
+            self.lagging = over
+            if over:
+                logger.warning(
+                    "read replica %s is %s behind its primary, over the %.3g s bound; reads "
+                    "without a token skip it until it catches up (logged once)",
+                    self.label,
+                    "not replicating, so ever further"
+                    if self.lag == math.inf
+                    else f"{self.lag:.3g} s",
+                    max_lag,
+                )
+            else:
+                logger.warning("read replica %s is back within its lag bound", self.label)
+
+
+#: Each replica engine's shared state in this process (held by the routers that use it).
+_replicas: weakref.WeakKeyDictionary[Engine, _Replica] = weakref.WeakKeyDictionary()
+_replicas_lock = threading.Lock()
+
+
+def _replica_of(engine: Engine, dialect: _Dialect, backoff: float) -> _Replica:
+    with _replicas_lock:
+        replica = _replicas.get(engine)
+        if replica is None:
+            # A pre-forking server must not share replica connections either;
+            # first, so that the monitor's pool below inherits the guard.
+            fork_safe(engine)
+            replica = _Replica(engine, dialect)
+            _instrument_replica(engine, dialect)
+            _replicas[engine] = replica
+        replica.backoff = backoff
+        return replica
+
+
+_instrumented: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _instrument_replica(engine: Engine, dialect: _Dialect) -> None:
+    """Every connection of ``engine`` is read-only; a write on it raises ReplicaWriteError."""
+    if engine in _instrumented:
+        return
+    _instrumented.add(engine)
+
+    @event.listens_for(engine.pool, "checkout")
+    def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        if _socket_closed(dbapi_connection):
+            # The pool discards this connection and tries a new one.
+            raise exc.DisconnectionError("the replica closed this pooled connection")
+        dialect.prepare_replica(dbapi_connection, record)
+
+    @event.listens_for(engine, "handle_error")
+    def handle_error(context: Any) -> None:
+        original = context.original_exception
+        replica = _replicas.get(engine)
+        label = replica.label if replica is not None else _label(engine)
+        if _is_read_only_violation(original):
+            statement = (context.statement or "").strip().splitlines()
+            unit = current_unit()
+            what = unit.route.what if isinstance(unit, RoutedUnit) else "unit of work"
+            cure = (
+                "Call wsgi_sqla.use_primary() in the view before its first query, or make the "
+                "replica_reads predicate return False for this request"
+                if what == "request"
+                else "Leave out replicas= where this unit of work is defined"
+            )
+            raise ReplicaWriteError(
+                f"this {what} was routed to a read replica ({label}), where its transaction "
+                "is read-only, and it tried to write "
+                f"({statement[0][:80] if statement else 'a statement'}); nothing was written. "
+                f"{cure}"
+            ) from original
+        if context.is_disconnect and replica is not None:
+            replica.fail(original)
+
+
+class _LagMonitor:
+    """A daemon thread per process that measures the watched replicas' lag.
+
+    Started by the first router made in a process, and again by the first
+    unit routed in a forked child (threads do not survive a fork). It holds
+    the replicas weakly and ends when none is left. Each replica is asked
+    one statement per interval, over a connection of its own, so that no
+    request pays for it.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.replicas: weakref.WeakSet[_Replica] = weakref.WeakSet()
+        self.started = False
+
+    def watch(self, replicas: list[_Replica], max_lag: float) -> None:
+        with self.lock:
+            for replica in replicas:
+                if replica.monitor_pool is None:
+                    # A list, so that after a fork the finalizer closes the child's pool only.
+                    replica.monitor_pool = [replica.engine.pool.recreate()]
+                    weakref.finalize(replica, _dispose_monitor_pool, replica.monitor_pool)
+                replica.lag_interval = min(replica.lag_interval, max(max_lag / 4, 0.05))
+                self.replicas.add(replica)
+
+    def ensure_running(self) -> None:
+        if self.started:
+            return
+        with self.lock:
+            if self.started:
+                return
+            self.started = True
+            threading.Thread(target=self.run, name="wsgi_sqla replica lag", daemon=True).start()
+
+    def run(self) -> None:
+        while True:
+            with self.lock:
+                replicas = list(self.replicas)
+                if not replicas:
+                    self.started = False
+                    return
+            interval = 1.0
+            for replica in replicas:
+                replica.measure()
+                interval = min(interval, replica.lag_interval)
+            del replicas  # held weakly between rounds
+            time.sleep(interval)
+
+    def forget(self) -> None:
+        """In a forked child: no thread runs, and the parent's monitor connections are not ours."""
+        with self.lock:
+            self.started = False
+            for replica in self.replicas:
+                if replica.monitor_pool is not None:
+                    # Dropped, not closed: closing would end the parent's connections.
+                    replica.monitor_pool[0] = replica.monitor_pool[0].recreate()
+
+
+def _dispose_monitor_pool(holder: list[Any]) -> None:
+    try:
+        holder[0].dispose()
+    except Exception:
+        logger.debug("disposing a replica lag monitor's pool failed", exc_info=True)
+
+
+_monitor = _LagMonitor()
+on_new_process(_monitor.forget)
 
 
 def _socket_closed(dbapi_connection: Any) -> bool:
@@ -281,7 +524,7 @@ def _socket_closed(dbapi_connection: Any) -> bool:
 class _Primary:
     """One scoped session in ``replicas``: its primary engine and its replicas."""
 
-    __slots__ = ("dialect", "engine", "index", "replicas", "scoped")
+    __slots__ = ("dialect", "engine", "index", "label", "replicas", "scoped")
 
     def __init__(
         self, index: int, scoped: scoped_session[Any], engine: Engine, replicas: list[_Replica]
@@ -289,27 +532,38 @@ class _Primary:
         self.index: int = index
         self.scoped: scoped_session[Any] = scoped
         self.engine: Engine = engine
+        self.label: str = _label(engine)
         self.replicas: list[_Replica] = replicas
-        self.dialect: _Dialect = _dialect_of(engine, "SessionMiddleware")
+        self.dialect: _Dialect = _dialect_of(engine, "replicas")
+
+
+def _number(value: object, name: str, owner: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{owner}: {name} must be a number of seconds, got {value!r}")
+    return float(value)
 
 
 class Router:
-    """What a middleware with ``replicas`` knows: the primaries, their replicas, the rules.
+    """What an owner with ``replicas`` knows: the primaries, their replicas, the rules.
 
-    Built once by :class:`~wsgi_sqla.SessionMiddleware`; every request then
-    gets its own :class:`Route` from :meth:`route`.
+    Built once by :class:`~wsgi_sqla.SessionMiddleware` (and by
+    ``transaction(..., replicas=...)`` and the Celery base); every unit of
+    work then gets its own :class:`Route`. What this process learns of a
+    replica (failures, positions, lag) is kept per replica engine, so every
+    router over the same engine shares it.
     """
 
     def __init__(
         self,
         replicas: Mapping[scoped_session[Any], Sequence[Engine]],
         *,
-        reads: Callable[[WSGIEnvironment], bool],
-        secret: str | bytes | None,
-        backoff: float,
-        max_age: float,
+        reads: Callable[[WSGIEnvironment], bool] = default_replica_reads,
+        secret: str | bytes | None = None,
+        backoff: float = 5.0,
+        max_age: float = 30.0,
+        max_lag: float | None = 30.0,
+        owner: str = "SessionMiddleware",
     ) -> None:
-        owner = "SessionMiddleware"
         if not isinstance(replicas, Mapping):
             raise TypeError(
                 f"{owner}: replicas must be a mapping {{scoped_session: [replica engines]}}, "
@@ -317,24 +571,30 @@ class Router:
             )
         if not callable(reads):
             raise TypeError(f"{owner}: replica_reads must be a callable (environ) -> bool")
-        if isinstance(backoff, bool) or not isinstance(backoff, int | float):
-            raise TypeError(f"{owner}: replica_backoff must be a number of seconds")
+        backoff = _number(backoff, "replica_backoff", owner)
         if not 0 <= backoff <= 30:
             raise ValueError(f"{owner}: replica_backoff must be between 0 and 30 s, got {backoff}")
-        if isinstance(max_age, bool) or not isinstance(max_age, int | float):
-            raise TypeError(f"{owner}: position_max_age must be a number of seconds")
+        max_age = _number(max_age, "position_max_age", owner)
         if not 1 <= max_age <= 3600:
             raise ValueError(
                 f"{owner}: position_max_age must be between 1 and 3600 s, got {max_age}"
             )
+        if max_lag is not None:
+            max_lag = _number(max_lag, "replica_max_lag", owner)
+            if not 0 < max_lag <= 86400:
+                raise ValueError(
+                    f"{owner}: replica_max_lag must be above 0 and at most 86400 s (or None "
+                    f"for no bound), got {max_lag}"
+                )
         if secret is not None and not isinstance(secret, str | bytes):
             raise TypeError(f"{owner}: position_secret must be str, bytes or None")
         if secret is not None and len(secret) < 16:
             raise ValueError(f"{owner}: position_secret must be at least 16 characters long")
         self.reads = reads
         self.secret: bytes | None = secret.encode() if isinstance(secret, str) else secret
-        self.backoff: float = float(backoff)
+        self.backoff: float = backoff
         self.max_age: int = int(max_age)
+        self.max_lag: float | None = max_lag
         self.primaries: list[_Primary] = []
         for index, (scoped, engines) in enumerate(replicas.items()):
             if not isinstance(scoped, scoped_session):
@@ -351,46 +611,52 @@ class Router:
                 raise TypeError(f"{owner}: replicas[{index}] must be a list of sqlalchemy Engines")
             if not engines:
                 raise ValueError(f"{owner}: replicas[{index}] names no replica engine")
-            primary = _Primary(
-                index,
-                scoped,
-                bind,
-                [_Replica(engine, _label(engine)) for engine in engines],
-            )
-            for replica in primary.replicas:
-                if _dialect_of(replica.engine, owner).name != primary.dialect.name:
+            dialect = _dialect_of(bind, owner)
+            for engine in engines:
+                if _dialect_of(engine, owner).name != dialect.name:
                     raise ValueError(
                         f"{owner}: a replica of {bind.url!r} is another kind of database"
                     )
-                self._instrument_replica(replica, primary.dialect)
-                # A pre-forking server must not share replica connections either.
-                fork_safe(replica.engine)
+            primary = _Primary(
+                index, scoped, bind, [_replica_of(e, dialect, backoff) for e in engines]
+            )
             self.primaries.append(primary)
             _route_session_creation(scoped)
+        if max_lag is not None:
+            _monitor.watch([r for p in self.primaries for r in p.replicas], max_lag)
+            # Now, so that a worker knows its replicas' lag before its first request.
+            _monitor.ensure_running()
         self._turn = itertools.count()
 
-    # -- hooks ----------------------------------------------------------------
+    # -- units ----------------------------------------------------------------
 
-    def route(self, environ: WSGIEnvironment) -> Route:
-        """The route of a new request: replica-eligible or not, and its token if any."""
-        return Route(self, bool(self.reads(environ)), self._token(environ))
+    def request_unit(
+        self, sessions: tuple[scoped_session[Any], ...], environ: WSGIEnvironment
+    ) -> RoutedUnit:
+        """The unit of a new request: replica-eligible or not, with its token if any."""
+        return self.unit(
+            sessions,
+            replica_ok=bool(self.reads(environ)),
+            token=self._token(environ),
+            what="request",
+        )
 
-    def finish(self, route: Route, status: str, headers: list[tuple[str, str]]) -> None:
-        """The request committed with ``status``: add the token headers it calls for."""
-        if status[:1] not in ("1", "2", "3"):
-            return
-        positions = route.positions_after_commit()
-        if positions is not None:
-            value = self._encode(positions)
-            headers.append(("Set-Cookie", self._cookie(value, self.max_age)))
-            headers.append((POSITION_HEADER, value))
-        elif route.token is not None and route.token_drop:
-            headers.append(("Set-Cookie", self._cookie("", 0)))
-            headers.append((POSITION_HEADER, ""))
+    def unit(
+        self,
+        sessions: tuple[scoped_session[Any], ...],
+        *,
+        replica_ok: bool,
+        token: _Token | None = None,
+        what: str = "unit of work",
+    ) -> RoutedUnit:
+        """A unit of work over ``sessions`` routed by this router (``what`` names it in errors)."""
+        if self.max_lag is not None and not _monitor.started:
+            _monitor.ensure_running()
+        return RoutedUnit(sessions, Route(self, replica_ok, token, what))
 
     # -- tokens ---------------------------------------------------------------
 
-    def _encode(self, positions: tuple[str, ...]) -> str:
+    def encode(self, positions: tuple[str, ...]) -> str:
         body = f"{_VERSION}.{int(time.time())}.{'~'.join(positions)}"
         return f"{body}.{self._sign(body)}"
 
@@ -399,7 +665,7 @@ class Router:
             return "-"
         return hmac.new(self.secret, body.encode(), hashlib.sha256).hexdigest()[:_SIGNATURE_HEX]
 
-    def _cookie(self, value: str, max_age: int) -> str:
+    def cookie(self, value: str, max_age: int) -> str:
         return f"{POSITION_COOKIE}={value}; Max-Age={max_age}; Path=/; HttpOnly; SameSite=Lax"
 
     def _token(self, environ: WSGIEnvironment) -> _Token | None:
@@ -433,41 +699,35 @@ class Router:
             return None
         return _Token(issued, positions)
 
-    # -- replica engines ------------------------------------------------------
+    def carried(self, positions: object) -> _Token | None:
+        """The token a task message carried (:func:`committed_positions`), if usable.
 
-    def _instrument_replica(self, replica: _Replica, dialect: _Dialect) -> None:
-        engine = replica.engine
-        if engine.pool.__dict__.get("_wsgi_sqla_replica"):
-            return
-        engine.pool.__dict__["_wsgi_sqla_replica"] = True
+        Task messages come from this application's own processes, not from
+        clients, so they are not signed; anything malformed is ignored.
+        """
+        if not isinstance(positions, Mapping) or len(positions) > 64:
+            return None
+        found = []
+        for primary in self.primaries:
+            position = positions.get(primary.label)
+            found.append(position if isinstance(position, str) else "")
+        return self._checked(int(time.time()), tuple(found))
 
-        @event.listens_for(engine.pool, "checkout")
-        def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-            if _socket_closed(dbapi_connection):
-                # The pool discards this connection and tries a new one.
-                raise exc.DisconnectionError("the replica closed this pooled connection")
-            dialect.prepare_replica(dbapi_connection, record)
-
-        @event.listens_for(engine, "handle_error")
-        def handle_error(context: Any) -> None:
-            original = context.original_exception
-            if _is_read_only_violation(original):
-                statement = (context.statement or "").strip().splitlines()
-                raise ReplicaWriteError(
-                    "SessionMiddleware: this request was routed to a read replica "
-                    f"({replica.label}), where its transaction is read-only, and it tried to "
-                    f"write ({statement[0][:80] if statement else 'a statement'}); nothing was "
-                    "written. Call wsgi_sqla.use_primary() in the view before its first query, "
-                    "or make the replica_reads predicate return False for this request"
-                ) from original
-            if context.is_disconnect:
-                replica.fail(original, self.backoff)
+    # -- replicas -------------------------------------------------------------
 
     def candidates(self, primary: _Primary) -> list[_Replica]:
-        """Healthy replicas, rotated so that requests spread over them."""
+        """Healthy replicas within the lag bound, rotated so that units spread over them."""
         now = time.monotonic()
-        replicas = primary.replicas
-        healthy = [r for r in replicas if r.healthy(now)]
+        max_lag = self.max_lag
+        healthy = []
+        for replica in primary.replicas:
+            if not replica.healthy(now):
+                continue
+            if max_lag is not None:
+                replica.judge(max_lag)
+                if not replica.within(max_lag, now):
+                    continue
+            healthy.append(replica)
         if len(healthy) > 1:
             turn = next(self._turn) % len(healthy)
             healthy = healthy[turn:] + healthy[:turn]
@@ -505,21 +765,28 @@ class Route:
     """Where one unit of work runs; chosen when its first session needs a connection."""
 
     __slots__ = (
+        "committed",
         "connections",
         "on_primary",
         "replica_ok",
         "router",
         "token",
         "token_drop",
+        "what",
         "wrote",
     )
 
-    def __init__(self, router: Router, replica_ok: bool, token: _Token | None) -> None:
+    def __init__(
+        self, router: Router, replica_ok: bool, token: _Token | None, what: str = "unit of work"
+    ) -> None:
         self.router: Router = router
+        self.what: str = what
         self.replica_ok: bool = replica_ok
         self.token: _Token | None = token
         #: whether a token this request carried can be dropped (every replica has it).
         self.token_drop: bool = False
+        #: the primaries' positions after the unit's last commit of a write, if any.
+        self.committed: tuple[str, ...] | None = None
         #: per primary index: the connection the unit runs on.
         self.connections: dict[int, Connection] = {}
         #: per primary index: whether the connection is on the primary.
@@ -544,10 +811,10 @@ class Route:
             )
         self.replica_ok = False
 
-    def positions_after_commit(self) -> tuple[str, ...] | None:
-        """The primaries' positions after the commit, if the unit wrote; else ``None``."""
+    def read_positions(self) -> None:
+        """After a commit: the primaries' positions, if the unit wrote (:attr:`committed`)."""
         if not self.wrote:
-            return None
+            return
         positions = []
         for primary in self.router.primaries:
             position = None
@@ -560,7 +827,24 @@ class Route:
                         logger.exception("reading the primary's position after COMMIT failed")
             positions.append(position or "")
         self.wrote.clear()
-        return tuple(positions) if any(positions) else None
+        self.committed = tuple(positions) if any(positions) else None
+
+    def respond(self, status: str, headers: list[tuple[str, str]]) -> None:
+        """The request committed with ``status``: add the token headers it calls for.
+
+        A token for a committed write answered below 400; a Max-Age=0 cookie
+        and an empty header when the token it carried is no longer needed.
+        """
+        if status[:1] not in ("1", "2", "3"):
+            return
+        router = self.router
+        if self.committed is not None:
+            value = router.encode(self.committed)
+            headers.append(("Set-Cookie", router.cookie(value, router.max_age)))
+            headers.append((POSITION_HEADER, value))
+        elif self.token is not None and self.token_drop:
+            headers.append(("Set-Cookie", router.cookie("", 0)))
+            headers.append((POSITION_HEADER, ""))
 
     def release(self) -> None:
         """Return the unit's connections to their pools (after its sessions were closed)."""
@@ -615,7 +899,7 @@ class Route:
             try:
                 connection = replica.engine.connect()
             except exc.SQLAlchemyError as error:
-                replica.fail(error, router.backoff)
+                replica.fail(error)
                 continue
             if needs_check:
                 checked = True
@@ -623,7 +907,7 @@ class Route:
                     value = connection.exec_driver_sql(dialect.replica_position_sql).scalar()
                 except exc.SQLAlchemyError as error:
                     connection.close()
-                    replica.fail(error, router.backoff)
+                    replica.fail(error)
                     continue
                 replica.observe(dialect.parse_replica(value))
                 if not dialect.reached(replica.position, wanted):
@@ -645,15 +929,22 @@ class Route:
 class RoutedUnit(UnitOfWork):
     """A unit of work with a route: its sessions run where the route says.
 
-    The rules are :class:`~wsgi_sqla.UnitOfWork`'s; removing the sessions
-    also returns the connections the route handed them to their pools.
+    The rules are :class:`~wsgi_sqla.UnitOfWork`'s. A commit that wrote is
+    followed by reading the primaries' positions; the after-commit hooks see
+    them through :func:`committed_positions`; removing the sessions also
+    returns the connections the route handed them to their pools.
     """
 
     __slots__ = ("route",)
 
     def __init__(self, sessions: tuple[scoped_session[Any], ...], route: Route) -> None:
         super().__init__(sessions)
-        self.route = route
+        self.route: Route = route
+
+    def commit(self) -> None:
+        """:meth:`UnitOfWork.commit`, then the primaries' positions if it wrote."""
+        super().commit()
+        self.route.read_positions()
 
     def remove(self) -> None:
         """Close the sessions, then release the route's connections."""
@@ -661,6 +952,39 @@ class RoutedUnit(UnitOfWork):
             super().remove()
         finally:
             self.route.release()
+
+    def end(self) -> None:
+        """:meth:`UnitOfWork.end`, with :func:`committed_positions` set for the hooks."""
+        route = self.route
+        if route.committed is None:
+            super().end()
+            return
+        positions = {
+            primary.label: position
+            for primary, position in zip(route.router.primaries, route.committed, strict=True)
+            if position
+        }
+        token = _committed.set(positions)
+        try:
+            super().end()
+        finally:
+            _committed.reset(token)
+
+
+#: The positions of the unit whose after-commit hooks are running, by primary.
+_committed: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "wsgi_sqla_committed_positions", default=None
+)
+
+
+def committed_positions() -> dict[str, str] | None:
+    """In an after-commit hook of a unit that wrote: the primaries' positions after it.
+
+    ``{primary engine URL, password hidden: position}``; ``None`` anywhere
+    else. :class:`wsgi_sqla.celery.SessionTask` sends it with a task enqueued
+    from such a hook, so that a worker reading from replicas sees that write.
+    """
+    return _committed.get()
 
 
 # -- creating sessions through the route ---------------------------------------------

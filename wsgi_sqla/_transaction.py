@@ -25,12 +25,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
+from sqlalchemy import Engine
 from sqlalchemy.orm import scoped_session
 
+from ._replicas import Router
 from ._unit import UnitOfWork, check_sessions, unit_of_work
 
 __all__ = ["transaction"]
@@ -72,6 +74,15 @@ class transaction:  # lower case: used like a function, as contextlib.suppress i
     added to the running unit, and an exception it raises propagates without
     any other effect (the block is not a savepoint).
 
+    A block runs on the primaries its sessions are bound to. Given
+    ``replicas={db: [replica_engine, ...]}`` (as for the middleware), a block
+    of its own runs instead on one healthy replica within ``replica_max_lag``,
+    in a read-only transaction (a write raises
+    :class:`~wsgi_sqla.ReplicaWriteError` and nothing is written), and on the
+    primary when no replica qualifies: for a report or an export that must
+    not load the primary. A block that joins a running unit keeps that
+    unit's route.
+
     ``with transaction(db) as unit`` gives the :class:`~wsgi_sqla.UnitOfWork`
     the block runs in (the outer one when it joined). A ``transaction``
     object serves one ``with`` block at a time; a decorated function may be
@@ -79,14 +90,28 @@ class transaction:  # lower case: used like a function, as contextlib.suppress i
 
     :raises TypeError: when no session is given, or one is not a
         :class:`sqlalchemy.orm.scoped_session`; when decorating a coroutine
-        or generator function, whose body would run after the block ended.
+        or generator function, whose body would run after the block ended;
+        when ``replicas`` is not a mapping of scoped sessions to engines.
+    :raises ValueError: when a replica is another kind of database than its
+        primary, or ``replica_max_lag`` is out of range.
     """
 
-    __slots__ = ("_block", "sessions")
+    __slots__ = ("_block", "_start", "sessions")
 
-    def __init__(self, *sessions: scoped_session[Any]) -> None:
+    def __init__(
+        self,
+        *sessions: scoped_session[Any],
+        replicas: Mapping[scoped_session[Any], Sequence[Engine]] | None = None,
+        replica_max_lag: float | None = 30.0,
+    ) -> None:
         self.sessions: tuple[scoped_session[Any], ...] = check_sessions(sessions, "transaction()")
         self._block: contextlib.AbstractContextManager[UnitOfWork] | None = None
+        self._start: Callable[[tuple[scoped_session[Any], ...]], UnitOfWork] = UnitOfWork
+        if replicas is not None:
+            router = Router(replicas, max_lag=replica_max_lag, owner="transaction()")
+            self._start = functools.partial(
+                router.unit, replica_ok=True, what="transaction() block"
+            )
 
     def __enter__(self) -> UnitOfWork:
         if self._block is not None:
@@ -94,7 +119,7 @@ class transaction:  # lower case: used like a function, as contextlib.suppress i
                 "transaction(): this object is already running a block; write "
                 "`with transaction(db):` at each block instead of reusing one object"
             )
-        block = unit_of_work(self.sessions)
+        block = unit_of_work(self.sessions, self._start)
         unit = block.__enter__()
         self._block = block
         return unit
@@ -121,11 +146,11 @@ class transaction:  # lower case: used like a function, as contextlib.suppress i
                 "unit of work; decorate a plain function, or use `with transaction(...)` "
                 "inside the body"
             )
-        sessions = self.sessions
+        sessions, start = self.sessions, self._start
 
         @functools.wraps(func)
         def in_transaction(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-            with unit_of_work(sessions):
+            with unit_of_work(sessions, start):
                 return func(*args, **kwargs)
 
         return in_transaction

@@ -344,20 +344,24 @@ def _remove_one(scoped: scoped_session[Any]) -> None:
 
 
 @contextlib.contextmanager
-def unit_of_work(sessions: tuple[scoped_session[Any], ...]) -> Iterator[UnitOfWork]:
+def unit_of_work(
+    sessions: tuple[scoped_session[Any], ...],
+    start: Callable[[tuple[scoped_session[Any], ...]], UnitOfWork] = UnitOfWork,
+) -> Iterator[UnitOfWork]:
     """Join the running unit of work, or run a new one over ``sessions``.
 
     The rule :class:`~wsgi_sqla.transaction` and the Celery task base share:
     inside a running unit (a request, an enclosing block, a task) the block
     adds its sessions to that unit and commits nothing early; outside any,
-    it starts a unit of its own and runs it (:meth:`UnitOfWork.running`).
+    it starts a unit of its own, ``start(sessions)`` (a routed unit when the
+    block may read from replicas), and runs it (:meth:`UnitOfWork.running`).
     """
     unit = current.get()
     if unit is not None:
         unit.join(sessions)
         yield unit
         return
-    with UnitOfWork(sessions).running() as unit:
+    with start(sessions).running() as unit:
         yield unit
 
 

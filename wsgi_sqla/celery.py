@@ -24,18 +24,35 @@ a running unit of work, for instance from a view, joins that unit like a
 nested ``transaction()`` does. A task sent to a worker always runs as a unit
 of its own; to send it only once the data it needs is committed, enqueue it
 from an after-commit hook: ``after_commit(send_welcome.delay, user.id)``.
+
+Read replicas. A task runs on the primary unless its base names
+``replicas`` (``task_base(db, replicas={db: [replica_engine]})``); then each
+call runs on a healthy replica, read-only, like a GET. A task enqueued from an
+after-commit hook of a unit that wrote (a POST whose view called
+``after_commit(send_welcome.delay, user.id)``) carries that commit's position
+in its message header ``wsgi_sqla_positions``, and runs on a replica only once
+the replica has replayed it, on the primary otherwise: the worker, which
+often starts a few milliseconds after the commit, reads the row the request
+wrote.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, ParamSpec, TypeVar
 
 from celery import Task
+from sqlalchemy import Engine
 from sqlalchemy.orm import scoped_session
 
-from ._unit import check_sessions, unit_of_work
+from ._replicas import Router, committed_positions
+from ._unit import UnitOfWork, check_sessions, unit_of_work
 
-__all__ = ["SessionTask", "task_base"]
+__all__ = ["POSITIONS_HEADER", "SessionTask", "task_base"]
+
+#: The task message header that carries the positions of the commit it follows.
+POSITIONS_HEADER = "wsgi_sqla_positions"
 
 _P = ParamSpec("_P")
 _R_co = TypeVar("_R_co", covariant=True)
@@ -64,16 +81,32 @@ class SessionTask(Task[_P, _R_co]):
     * hooks registered with :func:`~wsgi_sqla.after_commit` in the body run
       once after the commit, and never when it rolled back;
     * inside an already running unit of work (a direct or eager call from a
-      view or a ``transaction()`` block) the body joins that unit instead.
+      view or a ``transaction()`` block) the body joins that unit instead;
+    * with ``replicas`` set, a call runs on a replica only if the replica has
+      replayed the commit the task was enqueued after (if any), and on the
+      primary otherwise; a write there raises
+      :class:`~wsgi_sqla.ReplicaWriteError` and writes nothing.
     """
 
     #: The scoped sessions each call of the task commits or rolls back.
     sessions: ClassVar[tuple[scoped_session[Any], ...]] = ()
+    #: ``{scoped_session: [replica engines]}``: run each call on a replica (see above).
+    replicas: ClassVar[Mapping[scoped_session[Any], Sequence[Engine]] | None] = None
+    #: Seconds behind its primary above which a replica is not used (``None``: no bound).
+    replica_max_lag: ClassVar[float | None] = 30.0
+    _router: ClassVar[Router | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        owner = cls.__qualname__
         if "sessions" in cls.__dict__:
-            cls.sessions = check_sessions(cls.__dict__["sessions"], f"{cls.__qualname__}.sessions")
+            cls.sessions = check_sessions(cls.__dict__["sessions"], f"{owner}.sessions")
+        if "replicas" in cls.__dict__ or "replica_max_lag" in cls.__dict__:
+            cls._router = None
+            if cls.replicas is not None:
+                cls._router = Router(
+                    cls.replicas, max_lag=cls.replica_max_lag, owner=f"{owner}.replicas"
+                )
 
     def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _R_co:
         sessions = type(self).sessions
@@ -84,18 +117,39 @@ class SessionTask(Task[_P, _R_co]):
                 "`sessions = (db,)` on a subclass of SessionTask, or use "
                 "base=wsgi_sqla.celery.task_base(db)"
             )
-        with unit_of_work(sessions):
+        start: Callable[[tuple[scoped_session[Any], ...]], UnitOfWork] = UnitOfWork
+        router = type(self)._router
+        if router is not None:
+            carried = router.carried(self.request.get(POSITIONS_HEADER))
+            start = functools.partial(router.unit, replica_ok=True, token=carried, what="task")
+        with unit_of_work(sessions, start):
             return super().__call__(*args, **kwargs)
 
+    def apply_async(self, *args: Any, **options: Any) -> Any:
+        """Celery's ``apply_async``; from an after-commit hook, with the commit's positions."""
+        positions = committed_positions()
+        if positions is not None:
+            options["headers"] = {POSITIONS_HEADER: positions, **(options.get("headers") or {})}
+        return super().apply_async(*args, **options)
 
-def task_base(*sessions: scoped_session[Any]) -> type[SessionTask[Any, Any]]:
+
+def task_base(
+    *sessions: scoped_session[Any],
+    replicas: Mapping[scoped_session[Any], Sequence[Engine]] | None = None,
+    replica_max_lag: float | None = 30.0,
+) -> type[SessionTask[Any, Any]]:
     """A :class:`SessionTask` subclass whose ``sessions`` are ``sessions``.
 
     ``@celery_app.task(base=task_base(db))`` or
-    ``Celery(..., task_cls=task_base(db))``.
+    ``Celery(..., task_cls=task_base(db))``; with ``replicas``, its tasks
+    read from replicas (see :class:`SessionTask`).
 
     :raises TypeError: when no session is given, or one is not a
         :class:`sqlalchemy.orm.scoped_session`.
     """
     checked = check_sessions(sessions, "task_base()")
-    return type("SessionTask", (SessionTask,), {"sessions": checked, "__module__": __name__})
+    attributes: dict[str, Any] = {"sessions": checked, "__module__": __name__}
+    if replicas is not None:
+        attributes["replicas"] = replicas
+        attributes["replica_max_lag"] = replica_max_lag
+    return type("SessionTask", (SessionTask,), attributes)

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, insert, select
 
 from wsgi_sqla.testing import RoundTrips, count_round_trips
 
 from .cluster import Cluster
-from .replica_app import Item
+from .replica_app import App, Item, make_app
+
+#: The position_secret of the signed apps.
+SECRET = "a test secret of enough length"
 
 
 def rows_everywhere(cluster: Cluster) -> dict[str, int]:
@@ -44,3 +50,54 @@ def counting_all(
     for counts in per_replica:
         for name in vars(total):
             setattr(total, name, getattr(total, name) + getattr(counts, name))
+
+
+@contextmanager
+def writing_on(cluster: Cluster, every: float = 0.05) -> Iterator[None]:
+    """A thread that commits a row on the primary every ``every`` seconds while the block runs.
+
+    A delayed replica only falls behind while there is something to apply.
+    """
+    engine = cluster.primary.engine()
+    stop = threading.Event()
+
+    def write() -> None:
+        while not stop.is_set():
+            with engine.begin() as connection:
+                connection.execute(insert(Item).values(name="traffic"))
+            stop.wait(every)
+
+    thread = threading.Thread(target=write, name="primary writer")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        engine.dispose()
+
+
+def served_ports(get: Callable[[], dict[str, Any]], times: int) -> set[int]:
+    """The ports of the servers that answered ``times`` calls of ``get``."""
+    return {int(get()["port"]) for _ in range(times)}
+
+
+def until(check: Callable[[], bool], timeout: float = 20) -> bool:
+    """Whether ``check()`` came true within ``timeout`` seconds (polled every 0.1 s)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@contextmanager
+def app_over(cluster: Cluster, **options: Any) -> Iterator[App]:
+    """The replica test app over ``cluster``, ``options`` for its middleware; disposed after."""
+    built = make_app(cluster.primary.url, [r.url for r in cluster.replicas], **options)
+    try:
+        yield built
+    finally:
+        for engine in [built.primary, *built.replicas]:
+            engine.dispose()

@@ -1,4 +1,4 @@
-"""Fixtures: a primary + two streaming replicas per database, shared by the session.
+"""Fixtures: a primary + two streaming replicas per database, and the app over them.
 
 ``cluster`` is parametrised over PostgreSQL and MariaDB; each cluster starts
 the first time a test needs it (about 10 s on this machine) and is stopped
@@ -15,8 +15,9 @@ from collections.abc import Iterator
 import pytest
 from support import missing
 
+from .checks import SECRET, app_over
 from .cluster import Cluster, Unavailable, mariadb_cluster, postgresql_cluster
-from .replica_app import Base
+from .replica_app import App, Base
 
 _STARTERS = {"postgresql": postgresql_cluster, "mariadb": mariadb_cluster}
 
@@ -51,3 +52,15 @@ def cluster(
     engine.dispose()
     started.wait_caught_up()
     return started
+
+
+@pytest.fixture
+def app(cluster: Cluster) -> Iterator[App]:
+    with app_over(cluster, replica_backoff=0.5) as built:
+        yield built
+
+
+@pytest.fixture
+def signed_app(cluster: Cluster) -> Iterator[App]:
+    with app_over(cluster, position_secret=SECRET) as built:
+        yield built

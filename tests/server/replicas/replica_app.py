@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
-from sqlalchemy import Engine, String, create_engine, select, text
+from sqlalchemy import Engine, String, create_engine, event, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, scoped_session, sessionmaker
 
 import wsgi_sqla
@@ -48,6 +48,14 @@ def where_am_i(db: scoped_session[Any]) -> dict[str, Any]:
     else:
         row = db.execute(text("SELECT @@port, @@read_only = 1")).one()
     return {"port": int(row[0]), "replica": bool(row[1])}
+
+
+class CommitRefused(Exception):
+    """Raised by ``/fail-commit``'s session while it commits."""
+
+
+def refuse_commit(session: Any) -> None:
+    raise CommitRefused("the commit of /fail-commit fails")
 
 
 def make_app(primary_url: str, replica_urls: list[str], **options: Any) -> App:
@@ -90,6 +98,12 @@ def make_app(primary_url: str, replica_urls: list[str], **options: Any) -> App:
             if found is None:
                 return reply(start_response, "404 Not Found", where)
             return reply(start_response, "200 OK", {"id": found.id, **where})
+        if path == "/fail-commit" and method == "POST":
+            # The write is flushed, then the commit itself fails.
+            db.add(Item(name="never committed"))
+            db.flush()
+            event.listen(db(), "before_commit", refuse_commit, once=True)
+            return reply(start_response, "201 Created", where_am_i(db))
         if path == "/fail" and method == "POST":
             db.add(Item(name="rolled back"))
             db.flush()
@@ -105,5 +119,6 @@ if os.environ.get("PRIMARY_URL"):
         os.environ["PRIMARY_URL"],
         os.environ["REPLICA_URLS"].split(),
         replica_backoff=float(os.environ.get("REPLICA_BACKOFF", "5")),
+        replica_max_lag=float(os.environ.get("REPLICA_MAX_LAG", "30")),
     )
     app = _built.wsgi

@@ -17,7 +17,7 @@ import pytest
 from wsgi_sqla import POSITION_COOKIE, POSITION_HEADER
 
 from ..support import Gunicorn, Reply, Serve
-from .checks import rows_everywhere
+from .checks import rows_everywhere, served_ports, writing_on
 from .cluster import Cluster
 
 
@@ -33,6 +33,7 @@ def server(gunicorn: Serve, cluster: Cluster) -> Gunicorn:
             "PRIMARY_URL": cluster.primary.url,
             "REPLICA_URLS": " ".join(r.url for r in cluster.replicas),
             "REPLICA_BACKOFF": "0.5",
+            "REPLICA_MAX_LAG": "1",
         },
     )
 
@@ -127,6 +128,27 @@ def test_a_get_that_writes_gets_a_500_naming_use_primary_and_writes_nothing(
     assert rows_everywhere(cluster) == {"primary": 0, "replica0": 0, "replica1": 0}
     status, created = Client(server).json("GET", "/items?write=bob&primary=1")
     assert (status, created["port"]) == (201, cluster.primary.port)
+
+
+def test_a_failed_commit_answers_500_with_no_token_and_writes_nothing(
+    server: Gunicorn, cluster: Cluster
+) -> None:
+    reply = Client(server).request("POST", "/fail-commit", b"")
+    assert reply.status == 500
+    assert POSITION_HEADER not in reply.headers
+    assert "Set-Cookie" not in reply.headers
+    assert rows_everywhere(cluster) == {"primary": 0, "replica0": 0, "replica1": 0}
+
+
+def test_a_replica_behind_the_lag_bound_serves_no_read_in_any_worker(
+    server: Gunicorn, cluster: Cluster
+) -> None:
+    fast, slow = cluster.replicas
+    slow.set_delay(3)
+    with writing_on(cluster):
+        time.sleep(3)  # 2-3 s behind from now on; every worker has measured it
+        ports = served_ports(lambda: Client(server).json("GET", "/where")[1], 40)
+    assert ports == {fast.port}
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,6 @@ through the test's own connections.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,27 +20,9 @@ from sqlalchemy.orm import scoped_session, sessionmaker
 import wsgi_sqla
 from wsgi_sqla import POSITION_COOKIE, POSITION_HEADER, ReplicaWriteError, SessionMiddleware
 
-from .checks import counting_all, rows_everywhere
+from .checks import app_over, counting_all, rows_everywhere, served_ports, until, writing_on
 from .cluster import Cluster
-from .replica_app import App, make_app, where_am_i
-
-SECRET = "a test secret of enough length"
-
-
-@pytest.fixture
-def app(cluster: Cluster) -> Iterator[App]:
-    built = make_app(cluster.primary.url, [r.url for r in cluster.replicas], replica_backoff=0.5)
-    yield built
-    for engine in [built.primary, *built.replicas]:
-        engine.dispose()
-
-
-@pytest.fixture
-def signed_app(cluster: Cluster) -> Iterator[App]:
-    built = make_app(cluster.primary.url, [r.url for r in cluster.replicas], position_secret=SECRET)
-    yield built
-    for engine in [built.primary, *built.replicas]:
-        engine.dispose()
+from .replica_app import App, CommitRefused
 
 
 def replica_ports(cluster: Cluster) -> set[int]:
@@ -184,6 +165,29 @@ def test_no_token_after_a_rollback(app: App) -> None:
     assert POSITION_HEADER not in response.headers
 
 
+def test_no_token_after_a_failed_commit(app: App, cluster: Cluster) -> None:
+    with pytest.raises(CommitRefused):
+        webtest.TestApp(app.wsgi).post("/fail-commit", b"")
+    # webtest re-raises what close() raised; the 500 itself is checked under gunicorn.
+    assert rows_everywhere(cluster) == {"primary": 0, "replica0": 0, "replica1": 0}
+
+
+def test_a_failed_commit_answers_500_without_a_token(app: App) -> None:
+    answers: list[tuple[str, list[tuple[str, str]]]] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        answers.append((status, headers))
+        return lambda data: None
+
+    environ = webtest.TestRequest.blank("/fail-commit", method="POST").environ
+    body = app.wsgi(environ, start_response)
+    with pytest.raises(CommitRefused):
+        body.close()
+    [(status, headers)] = answers
+    assert status.startswith("500 ")
+    assert [name for name, _ in headers if name in ("Set-Cookie", POSITION_HEADER)] == []
+
+
 def test_no_token_after_a_post_that_wrote_nothing(app: App) -> None:
     response = webtest.TestApp(app.wsgi).post("/where", b"")
     assert response.json["replica"] is False
@@ -217,6 +221,50 @@ def test_with_every_replica_stopped_reads_go_to_the_primary(app: App, cluster: C
         replica.stop()
     answers = [client.get("/where").json for _ in range(3)]
     assert answers == [{"port": cluster.primary.port, "replica": False}] * 3
+
+
+@pytest.mark.parametrize(
+    ("max_lag", "lagging_replica_serves"),
+    [pytest.param(1.0, False, id="bound-1s"), pytest.param(None, True, id="no-bound-control")],
+)
+def test_a_replica_further_behind_than_the_bound_serves_no_read(
+    cluster: Cluster, max_lag: float | None, lagging_replica_serves: bool
+) -> None:
+    fast, slow = cluster.replicas
+    slow.set_delay(3)
+    with app_over(cluster, replica_max_lag=max_lag) as built:
+        client = webtest.TestApp(built.wsgi)
+        with writing_on(cluster):
+            time.sleep(3)  # 2-3 s behind from now on (MariaDB counts whole seconds)
+            ports = served_ports(lambda: client.get("/where").json, 20)
+        assert (slow.port in ports) is lagging_replica_serves
+        assert fast.port in ports
+        if max_lag is not None:
+            # Back within the bound once it caught up: served again, no restart needed.
+            slow.set_delay(0)
+            cluster.wait_caught_up()
+            assert until(lambda: slow.port in served_ports(lambda: client.get("/where").json, 4))
+
+
+def test_the_lag_measurement_costs_requests_nothing(cluster: Cluster) -> None:
+    with app_over(cluster, replica_max_lag=0.2) as built:
+        client = webtest.TestApp(built.wsgi)
+        client.get("/where")
+        client.get("/where")
+        with counting_all(built.primary, built.replicas) as (primary, replicas):
+            time.sleep(1)  # the monitor measures every 0.05 s here
+            client.get("/where")
+    assert (primary.checkouts, primary.statements) == (0, 0)
+    assert (replicas.checkouts, replicas.statements) == (1, 1)
+
+
+@pytest.mark.parametrize("max_lag", [0, -1, 86401, "30", True])
+def test_replica_max_lag_is_checked(cluster: Cluster, max_lag: Any) -> None:
+    engine = create_engine(cluster.primary.url)
+    db: scoped_session[Any] = scoped_session(sessionmaker(bind=engine))
+    error = TypeError if isinstance(max_lag, str | bool) else ValueError
+    with pytest.raises(error, match=r"^SessionMiddleware: replica_max_lag must be"):
+        SessionMiddleware(lambda e, s: [], db, replicas={db: [engine]}, replica_max_lag=max_lag)
 
 
 # -- forged and malformed tokens ----------------------------------------------------
@@ -348,27 +396,7 @@ def test_the_back_off_is_at_most_30_seconds(cluster: Cluster, backoff: float) ->
         SessionMiddleware(lambda e, s: [], db, replicas={db: [engine]}, replica_backoff=backoff)
 
 
-# -- units outside a request ---------------------------------------------------------
-
-
-def test_a_transaction_block_uses_the_primary(app: App, cluster: Cluster) -> None:
-    with wsgi_sqla.transaction(app.db):
-        where = where_am_i(app.db)
-    assert where == {"port": cluster.primary.port, "replica": False}
-
-
-def test_a_transaction_inside_a_request_joins_its_route(app: App, cluster: Cluster) -> None:
-    seen: list[dict[str, Any]] = []
-
-    def view(environ: Any, start_response: Any) -> list[bytes]:
-        with wsgi_sqla.transaction(app.db):
-            seen.append(where_am_i(app.db))
-        start_response("200 OK", [])
-        return [b""]
-
-    middleware = SessionMiddleware(view, app.db, replicas={app.db: app.replicas})
-    webtest.TestApp(middleware).get("/")
-    assert seen[0]["replica"] is True
+# -- the middleware itself -------------------------------------------------------------
 
 
 def test_a_middleware_without_replicas_keeps_the_plain_request_path(cluster: Cluster) -> None:
@@ -380,10 +408,6 @@ def test_a_middleware_without_replicas_keeps_the_plain_request_path(cluster: Clu
 
 
 def test_requests_are_routed_with_retries_on_too(cluster: Cluster) -> None:
-    built = make_app(cluster.primary.url, [r.url for r in cluster.replicas], retries=2)
-    try:
+    with app_over(cluster, retries=2) as built:
         answer = webtest.TestApp(built.wsgi).get("/where").json
-    finally:
-        for engine in [built.primary, *built.replicas]:
-            engine.dispose()
     assert answer["replica"] is True

@@ -1,0 +1,186 @@
+"""Read replicas outside a request: ``transaction()`` blocks and Celery tasks.
+
+A block or a task runs on the primary unless it names ``replicas``. A task
+enqueued from an after-commit hook of a request that wrote carries that
+commit's position, so that a worker reading from replicas sees the write.
+The worker is Celery's in-process test worker, over the in-memory broker:
+the message, its headers included, is serialised and received as in
+production.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import webtest  # type: ignore[import-untyped]
+from celery import Celery
+from celery.contrib.testing.worker import start_worker
+from sqlalchemy import select
+
+import wsgi_sqla
+from wsgi_sqla import ReplicaWriteError, SessionMiddleware, after_commit, transaction
+from wsgi_sqla.celery import task_base
+
+from .checks import rows_everywhere
+from .cluster import Cluster
+from .replica_app import App, Item, where_am_i
+
+# -- transaction() ----------------------------------------------------------------------
+
+
+def test_a_transaction_block_uses_the_primary(app: App, cluster: Cluster) -> None:
+    with transaction(app.db):
+        where = where_am_i(app.db)
+    assert where == {"port": cluster.primary.port, "replica": False}
+
+
+def test_a_transaction_block_with_replicas_reads_from_a_replica(app: App, cluster: Cluster) -> None:
+    with transaction(app.db, replicas={app.db: app.replicas}):
+        where = where_am_i(app.db)
+    assert where["replica"] is True
+    assert where["port"] in {r.port for r in cluster.replicas}
+
+
+def test_a_write_in_a_transaction_block_with_replicas_fails_and_writes_nothing(
+    app: App, cluster: Cluster
+) -> None:
+    with (
+        pytest.raises(ReplicaWriteError, match=r"^this transaction\(\) block was routed to a "),
+        transaction(app.db, replicas={app.db: app.replicas}),
+    ):
+        app.db.add(Item(name="not here"))
+        app.db.flush()
+    assert rows_everywhere(cluster) == {"primary": 0, "replica0": 0, "replica1": 0}
+
+
+def test_a_transaction_block_with_every_replica_down_runs_on_the_primary(
+    app: App, cluster: Cluster
+) -> None:
+    for replica in cluster.replicas:
+        replica.stop()
+    with transaction(app.db, replicas={app.db: app.replicas}):
+        where = where_am_i(app.db)
+    assert where == {"port": cluster.primary.port, "replica": False}
+
+
+def test_a_transaction_inside_a_request_joins_its_route(app: App) -> None:
+    seen: list[dict[str, Any]] = []
+
+    def view(environ: Any, start_response: Any) -> list[bytes]:
+        with transaction(app.db):
+            seen.append(where_am_i(app.db))
+        start_response("200 OK", [])
+        return [b""]
+
+    middleware = SessionMiddleware(view, app.db, replicas={app.db: app.replicas})
+    webtest.TestApp(middleware).get("/")
+    assert seen[0]["replica"] is True
+
+
+# -- Celery tasks ------------------------------------------------------------------------
+
+
+_apps = itertools.count()
+
+
+class Tasks:
+    """A Celery app whose task reads an item from a replica, and a web app that enqueues it."""
+
+    def __init__(self, app: App) -> None:
+        self.celery = Celery(
+            "wsgi_sqla_replica_tests",
+            broker="memory://",
+            backend="cache+memory://",
+            set_as_current=False,
+        )
+        self.celery.conf.worker_hijack_root_logger = False
+        self.celery.conf.broker_transport_options = {"polling_interval": 0.01}
+        db = app.db
+
+        # Celery warns when a name is registered twice in one process: one name per app.
+        name = f"read_item_{next(_apps)}"
+
+        @self.celery.task(name=name, base=task_base(db, replicas={db: app.replicas}))
+        def read_item(item_id: int) -> dict[str, Any]:
+            found = db.scalar(select(Item).where(Item.id == item_id)) is not None
+            return {"found": found, **where_am_i(db)}
+
+        self.read_item = read_item
+        self.sent: list[Any] = []
+
+        def view(environ: Any, start_response: Any) -> list[bytes]:
+            item = Item(name="ann")
+            db.add(item)
+            db.flush()
+            if environ["PATH_INFO"] == "/after-commit":
+                after_commit(lambda item_id: self.sent.append(read_item.delay(item_id)), item.id)
+            else:
+                self.sent.append(item.id)
+            start_response("201 Created", [])
+            return [b""]
+
+        self.web = webtest.TestApp(SessionMiddleware(view, db, replicas={db: app.replicas}))
+
+    def post_then_read(self, path: str) -> dict[str, Any]:
+        """POST ``path``; the task it enqueued (or one enqueued after it) reads the item."""
+        self.web.post(path, b"", status=201)
+        sent = self.sent.pop()
+        result = sent if not isinstance(sent, int) else self.read_item.delay(sent)
+        answer: dict[str, Any] = result.get(timeout=30)
+        return answer
+
+
+@pytest.fixture
+def tasks(app: App) -> Iterator[Tasks]:
+    built = Tasks(app)
+    with start_worker(built.celery, perform_ping_check=False, shutdown_timeout=30):
+        yield built
+
+
+def test_a_task_enqueued_after_a_commit_reads_that_write_through_lagging_replicas(
+    tasks: Tasks, cluster: Cluster
+) -> None:
+    for replica in cluster.replicas:
+        replica.set_delay(1)
+    tries = 50
+    answers = [tasks.post_then_read("/after-commit") for _ in range(tries)]
+    misses = sum(not a["found"] for a in answers)
+    assert misses == 0, f"{misses} of {tries} tasks missed the write they were enqueued after"
+
+
+def test_control_a_task_that_carries_no_position_misses_the_write_on_lagging_replicas(
+    tasks: Tasks, cluster: Cluster
+) -> None:
+    for replica in cluster.replicas:
+        replica.set_delay(1)
+    answers = [tasks.post_then_read("/enqueued-by-the-test") for _ in range(10)]
+    assert all(a["replica"] for a in answers)
+    assert sum(not a["found"] for a in answers) > 5
+
+
+def test_a_task_whose_replica_has_the_position_runs_on_it(tasks: Tasks) -> None:
+    # No delay: by the time the worker asks, a replica has usually replayed the commit.
+    answers = [tasks.post_then_read("/after-commit") for _ in range(10)]
+    assert all(a["found"] for a in answers)
+    assert any(a["replica"] for a in answers)
+
+
+def test_a_task_without_replicas_runs_on_the_primary(app: App, cluster: Cluster) -> None:
+    celery = Celery("wsgi_sqla_plain", broker="memory://", backend="cache+memory://")
+    celery.conf.worker_hijack_root_logger = False
+
+    @celery.task(name=f"where_{next(_apps)}", base=task_base(app.db))
+    def where() -> dict[str, Any]:
+        return where_am_i(app.db)
+
+    with start_worker(celery, perform_ping_check=False, shutdown_timeout=30):
+        answer = where.delay().get(timeout=30)
+    assert answer == {"port": cluster.primary.port, "replica": False}
+
+
+def test_committed_positions_is_none_outside_an_after_commit_hook(app: App) -> None:
+    with transaction(app.db):
+        assert wsgi_sqla.committed_positions() is None
