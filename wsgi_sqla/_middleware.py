@@ -480,7 +480,13 @@ class RequestUnit:
                 status,
             )
         exc_info, self._exc_info = self._exc_info, None
-        self._server_write = self._server_start_response(status, self._headers, exc_info)
+        self._server_write = self._start_server(status, self._headers, exc_info)
+
+    def _start_server(
+        self, status: str, headers: _Headers, exc_info: _OptExcInfo
+    ) -> Callable[[bytes], object]:
+        """Hand the decided status and headers to the server."""
+        return self._server_start_response(status, headers, exc_info)
 
     def _abort(self) -> None:
         """The request failed before a response was handed over: undo, close, clean up."""
@@ -565,19 +571,9 @@ class RoutedRequestUnit(RequestUnit):
     server, so a request that committed a write adds its position token.
     """
 
-    __slots__ = ("_to_server",)
+    __slots__ = ()
 
     unit: RoutedUnit
-
-    def __init__(
-        self,
-        middleware: SessionMiddleware,
-        environ: WSGIEnvironment,
-        start_response: StartResponse,
-    ) -> None:
-        super().__init__(middleware, environ, start_response)
-        self._to_server = start_response
-        self._server_start_response = self._start_server
 
     def _start_unit(self, middleware: SessionMiddleware, environ: WSGIEnvironment) -> RoutedUnit:
         router = middleware.router
@@ -585,8 +581,8 @@ class RoutedRequestUnit(RequestUnit):
         return router.request_unit(middleware.sessions, environ)
 
     def _start_server(
-        self, status: str, headers: _Headers, exc_info: _OptExcInfo = None
+        self, status: str, headers: _Headers, exc_info: _OptExcInfo
     ) -> Callable[[bytes], object]:
         if self._committed:
             self.unit.route.respond(status, headers)
-        return self._to_server(status, headers, exc_info)
+        return self._server_start_response(status, headers, exc_info)

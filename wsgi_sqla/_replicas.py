@@ -38,6 +38,7 @@ import hmac
 import itertools
 import logging
 import math
+import os
 import re
 import select
 import threading
@@ -375,21 +376,23 @@ class _Replica:
                 logger.warning("read replica %s is back within its lag bound", self.label)
 
 
-#: Each replica engine's shared state in this process (held by the routers that use it).
-_replicas: weakref.WeakKeyDictionary[Engine, _Replica] = weakref.WeakKeyDictionary()
+#: Each replica engine's shared state in this process. Weak both ways: a _Replica
+#: holds its engine, and lives only as long as a router that uses it.
+_replicas: weakref.WeakKeyDictionary[Engine, weakref.ref[_Replica]] = weakref.WeakKeyDictionary()
 _replicas_lock = threading.Lock()
 
 
 def _replica_of(engine: Engine, dialect: _Dialect, backoff: float) -> _Replica:
     with _replicas_lock:
-        replica = _replicas.get(engine)
+        known = _replicas.get(engine)
+        replica = known() if known is not None else None
         if replica is None:
             # A pre-forking server must not share replica connections either;
             # first, so that the monitor's pool below inherits the guard.
             fork_safe(engine)
             replica = _Replica(engine, dialect)
             _instrument_replica(engine, dialect)
-            _replicas[engine] = replica
+            _replicas[engine] = weakref.ref(replica)
         replica.backoff = backoff
         return replica
 
@@ -413,7 +416,8 @@ def _instrument_replica(engine: Engine, dialect: _Dialect) -> None:
     @event.listens_for(engine, "handle_error")
     def handle_error(context: Any) -> None:
         original = context.original_exception
-        replica = _replicas.get(engine)
+        known = _replicas.get(engine)
+        replica = known() if known is not None else None
         label = replica.label if replica is not None else _label(engine)
         if _is_read_only_violation(original):
             statement = (context.statement or "").strip().splitlines()
@@ -438,8 +442,10 @@ def _instrument_replica(engine: Engine, dialect: _Dialect) -> None:
 class _LagMonitor:
     """A daemon thread per process that measures the watched replicas' lag.
 
-    Started by the first router made in a process, and again by the first
-    unit routed in a forked child (threads do not survive a fork). It holds
+    Started by the first unit routed in a process (so a pre-forking master
+    that serves nothing never runs it, and never forks while it is inside
+    the driver), and in a forked child of a process that ran it, as soon as
+    the child is noticed. It holds
     the replicas weakly and ends when none is left. Each replica is asked
     one statement per interval, over a connection of its own, so that no
     request pays for it.
@@ -447,6 +453,9 @@ class _LagMonitor:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
+        #: held while measuring, and by a fork (os.register_at_fork) while it forks.
+        self.measuring = threading.Lock()
+        self.fork_holds = False
         self.replicas: weakref.WeakSet[_Replica] = weakref.WeakSet()
         self.started = False
 
@@ -478,19 +487,43 @@ class _LagMonitor:
                     return
             interval = 1.0
             for replica in replicas:
-                replica.measure()
+                # A fork waits for this (see _before_fork): a child must not
+                # inherit a lock the driver or OpenSSL holds half-way.
+                with self.measuring:
+                    replica.measure()
                 interval = min(interval, replica.lag_interval)
             del replicas  # held weakly between rounds
             time.sleep(interval)
 
     def forget(self) -> None:
-        """In a forked child: no thread runs, and the parent's monitor connections are not ours."""
-        with self.lock:
-            self.started = False
-            for replica in self.replicas:
-                if replica.monitor_pool is not None:
-                    # Dropped, not closed: closing would end the parent's connections.
-                    replica.monitor_pool[0] = replica.monitor_pool[0].recreate()
+        """In a forked child: no thread runs, and the parent's monitor connections are not ours.
+
+        The locks are made anew rather than taken: a fork that ran no Python
+        hooks (uWSGI's) may have copied one held by a parent thread that does
+        not exist here. A child of a process that ran the thread starts its
+        own at once, while it has a single thread.
+        """
+        self.lock = threading.Lock()
+        self.measuring = threading.Lock()
+        self.fork_holds = False
+        was_started, self.started = self.started, False
+        for replica in list(self.replicas):
+            replica.lock = threading.Lock()
+            if replica.monitor_pool is not None:
+                # Dropped, not closed: closing would end the parent's connections.
+                replica.monitor_pool[0] = replica.monitor_pool[0].recreate()
+        if was_started and self.replicas:
+            self.ensure_running()
+
+    def before_fork(self) -> None:
+        if self.started:
+            self.measuring.acquire()
+            self.fork_holds = True
+
+    def after_fork_in_parent(self) -> None:
+        if self.fork_holds:
+            self.fork_holds = False
+            self.measuring.release()
 
 
 def _dispose_monitor_pool(holder: list[Any]) -> None:
@@ -502,6 +535,8 @@ def _dispose_monitor_pool(holder: list[Any]) -> None:
 
 _monitor = _LagMonitor()
 on_new_process(_monitor.forget)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_monitor.before_fork, after_in_parent=_monitor.after_fork_in_parent)
 
 
 def _socket_closed(dbapi_connection: Any) -> bool:
@@ -624,8 +659,6 @@ class Router:
             _route_session_creation(scoped)
         if max_lag is not None:
             _monitor.watch([r for p in self.primaries for r in p.replicas], max_lag)
-            # Now, so that a worker knows its replicas' lag before its first request.
-            _monitor.ensure_running()
         self._turn = itertools.count()
 
     # -- units ----------------------------------------------------------------

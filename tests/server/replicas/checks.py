@@ -12,7 +12,7 @@ from sqlalchemy import Engine, func, insert, select
 
 from wsgi_sqla.testing import RoundTrips, count_round_trips
 
-from .cluster import Cluster
+from .cluster import Cluster, Server
 from .replica_app import App, Item, make_app
 
 #: The position_secret of the signed apps.
@@ -101,3 +101,17 @@ def app_over(cluster: Cluster, **options: Any) -> Iterator[App]:
     finally:
         for engine in [built.primary, *built.replicas]:
             engine.dispose()
+
+
+def client_connections(server: Server) -> int:
+    """How many client connections ``server`` has, besides the one asking."""
+    engine = server.engine()
+    try:
+        with engine.connect() as connection:
+            if server.kind == "postgresql":
+                sql = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+            else:
+                sql = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = 'root'"
+            return int(connection.exec_driver_sql(sql).scalar_one()) - 1
+    finally:
+        engine.dispose()

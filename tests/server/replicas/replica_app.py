@@ -74,6 +74,8 @@ def make_app(primary_url: str, replica_urls: list[str], **options: Any) -> App:
         query = parse_qs(environ.get("QUERY_STRING", ""))
         if path == "/nothing":
             return reply(start_response, "200 OK", {})
+        if path == "/pid":
+            return reply(start_response, "200 OK", {"pid": os.getpid()})
         if query.get("primary"):
             wsgi_sqla.use_primary()
         if path == "/where":

@@ -17,25 +17,32 @@ import pytest
 from wsgi_sqla import POSITION_COOKIE, POSITION_HEADER
 
 from ..support import Gunicorn, Reply, Serve
-from .checks import rows_everywhere, served_ports, writing_on
+from .checks import rows_everywhere, served_ports, until, writing_on
 from .cluster import Cluster
 
 
-@pytest.fixture
-def server(gunicorn: Serve, cluster: Cluster) -> Gunicorn:
+def serve_replica_app(
+    gunicorn: Serve, cluster: Cluster, *, preload: bool = False, max_lag: float = 30
+) -> Gunicorn:
     return gunicorn(
         "replicas.replica_app:app",
         database=cluster.primary.url,
         worker_class="gthread",
         workers=2,
         threads=4,
+        preload=preload,
         env={
             "PRIMARY_URL": cluster.primary.url,
             "REPLICA_URLS": " ".join(r.url for r in cluster.replicas),
             "REPLICA_BACKOFF": "0.5",
-            "REPLICA_MAX_LAG": "1",
+            "REPLICA_MAX_LAG": str(max_lag),
         },
     )
+
+
+@pytest.fixture
+def server(gunicorn: Serve, cluster: Cluster) -> Gunicorn:
+    return serve_replica_app(gunicorn, cluster)
 
 
 class Client:
@@ -140,9 +147,17 @@ def test_a_failed_commit_answers_500_with_no_token_and_writes_nothing(
     assert rows_everywhere(cluster) == {"primary": 0, "replica0": 0, "replica1": 0}
 
 
+@pytest.mark.parametrize(
+    "preload", [pytest.param(False, id="app-per-worker"), pytest.param(True, id="preload")]
+)
 def test_a_replica_behind_the_lag_bound_serves_no_read_in_any_worker(
-    server: Gunicorn, cluster: Cluster
+    gunicorn: Serve, cluster: Cluster, preload: bool
 ) -> None:
+    server = serve_replica_app(gunicorn, cluster, preload=preload, max_lag=1)
+    # A worker starts measuring at its first request (with --preload the
+    # master, which serves none, never measures, so it never forks mid-measure).
+    pids: set[int] = set()
+    assert until(lambda: pids.add(Client(server).json("GET", "/pid")[1]["pid"]) or len(pids) == 2)
     fast, slow = cluster.replicas
     slow.set_delay(3)
     with writing_on(cluster):

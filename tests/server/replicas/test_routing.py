@@ -9,6 +9,7 @@ through the test's own connections.
 
 from __future__ import annotations
 
+import gc
 import time
 from typing import Any
 
@@ -20,9 +21,17 @@ from sqlalchemy.orm import scoped_session, sessionmaker
 import wsgi_sqla
 from wsgi_sqla import POSITION_COOKIE, POSITION_HEADER, ReplicaWriteError, SessionMiddleware
 
-from .checks import app_over, counting_all, rows_everywhere, served_ports, until, writing_on
+from .checks import (
+    app_over,
+    client_connections,
+    counting_all,
+    rows_everywhere,
+    served_ports,
+    until,
+    writing_on,
+)
 from .cluster import Cluster
-from .replica_app import App, CommitRefused
+from .replica_app import App, CommitRefused, make_app
 
 
 def replica_ports(cluster: Cluster) -> set[int]:
@@ -227,9 +236,10 @@ def test_a_replica_further_behind_than_the_bound_serves_no_read(
     cluster: Cluster, max_lag: float | None, lagging_replica_serves: bool
 ) -> None:
     fast, slow = cluster.replicas
-    slow.set_delay(3)
     with app_over(cluster, replica_max_lag=max_lag) as built:
         client = webtest.TestApp(built.wsgi)
+        client.get("/nothing")  # the first unit starts the lag monitor
+        slow.set_delay(3)
         with writing_on(cluster):
             time.sleep(3)  # 2-3 s behind from now on (MariaDB counts whole seconds)
             ports = served_ports(lambda: client.get("/where").json, 20)
@@ -252,6 +262,18 @@ def test_the_lag_measurement_costs_requests_nothing(cluster: Cluster) -> None:
             client.get("/where")
     assert (primary.checkouts, primary.statements) == (0, 0)
     assert (replicas.checkouts, replicas.statements) == (1, 1)
+
+
+def test_the_lag_monitor_lets_go_of_its_connection_with_the_middleware(cluster: Cluster) -> None:
+    replica = cluster.replicas[0]
+    gc.collect()  # routers earlier tests left in cycles, and their monitor connections
+    time.sleep(0.5)
+    before = client_connections(replica)
+    built = make_app(cluster.primary.url, [r.url for r in cluster.replicas], replica_max_lag=0.2)
+    webtest.TestApp(built.wsgi).get("/nothing")  # the first unit starts the lag monitor
+    assert until(lambda: client_connections(replica) == before + 1)  # the monitor's own
+    del built  # no collection needed: nothing holds the router in a cycle
+    assert until(lambda: client_connections(replica) == before, timeout=5)
 
 
 @pytest.mark.parametrize("max_lag", [0, -1, 86401, "30", True])
