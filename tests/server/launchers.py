@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-import pytest
 from support import missing
 
 from .support import HERE, ROOT, Gunicorn, _die_with_parent
@@ -59,88 +58,20 @@ class Launched(Gunicorn):
     """A server process started from ``command()``; subclasses say how it reports."""
 
     name: ClassVar[str] = "server"
-    #: What must never appear in the log while a test runs.
     trouble: ClassVar[re.Pattern[str]] = re.compile(COMMON_TROUBLE)
-    #: The log line that gives the port the server listens on.
     listening: ClassVar[re.Pattern[str]] = re.compile(r"$^")
     worker_count: int = 1
     root: Path = field(default_factory=lambda: ROOT)
-    cleanup: list[Path] = field(default_factory=list)
 
     def command(self) -> list[str]:
         raise NotImplementedError
 
     def start(self, timeout: float = 30) -> None:
-        self.log.write_text("")
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                self.command(),
-                cwd=self.root,
-                env={**os.environ, **self.env},
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = self.listening.search(self.log.read_text(errors="replace"))
-            if found and int(found.group(1)):
-                self.port = self.port or int(found.group(1))
-                return
-            if self.process.poll() is not None:
-                self.fail(f"{self.name} exited with {self.process.returncode} before listening")
-            time.sleep(0.05)
-        self.fail(f"{self.name} did not listen within {timeout} s")
+        """Start the server, its output going to the log, and wait until it listens."""
+        self.spawn(self.root, output_to_log=True, timeout=timeout)
 
     def ready_workers(self) -> set[int]:
         return set(self.workers())
-
-    def fail(self, message: str) -> None:
-        pytest.fail(
-            f"{message}\n--- {self.name} log ({self.app}) ---\n{self.tail()}", pytrace=False
-        )
-
-    def tail(self, lines: int = 80) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def check(self) -> None:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            self.fail(f"{self.name} died (exit code {self.process.returncode})")
-        trouble = self.trouble.search(self.log.read_text(errors="replace"))
-        if trouble:
-            self.fail(f"trouble in the server: {trouble.group(0)!r}")
-
-    def stop(self) -> list[str]:
-        if self.process is None or self.stopping:
-            return []
-        self.stopping = True
-        problems: list[str] = []
-        if self.process.poll() is not None:
-            problems.append(
-                f"{self.name} died during the test (exit code {self.process.returncode})"
-            )
-        else:
-            trouble = self.trouble.search(self.log.read_text(errors="replace"))
-            if trouble:
-                problems.append(f"trouble in the server during the test: {trouble.group(0)!r}")
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            problems.append(f"{self.name} did not stop within 15 s of SIGTERM; killed")
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-        report = [f"{p}\n--- {self.name} log ({self.app}) ---\n{self.tail()}" for p in problems]
-        for path in self.cleanup:
-            shutil.rmtree(path, ignore_errors=True)
-        return report
 
     def processes(self) -> list[int]:
         return session_processes(self)

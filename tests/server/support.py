@@ -26,6 +26,7 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -36,7 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from sqlalchemy import Engine, text
@@ -83,8 +84,17 @@ class Gunicorn:
     stopping: bool = False
     problems: list[str] = field(default_factory=list)
 
-    def start(self, timeout: float = 30) -> None:
-        command = [
+    #: How the server is named in failures.
+    name: ClassVar[str] = "gunicorn"
+    #: What must never appear in the log while a test runs.
+    trouble: ClassVar[re.Pattern[str]] = TROUBLE
+    #: The log line that gives the port the server listens on.
+    listening: ClassVar[re.Pattern[str]] = re.compile(r"Listening at: http://127\.0\.0\.1:(\d+)")
+    #: Directories removed once the server stopped.
+    cleanup: list[Path] = field(default_factory=list)
+
+    def command(self) -> list[str]:
+        return [
             str(GUNICORN),
             "--bind",
             "127.0.0.1:0",
@@ -103,27 +113,38 @@ class Gunicorn:
             *self.args,
             self.app,
         ]
+
+    def start(self, timeout: float = 30) -> None:
+        """Start gunicorn (which writes its own log) and wait until it listens."""
+        self.spawn(ROOT, output_to_log=False, timeout=timeout)
+
+    def spawn(self, cwd: Path, *, output_to_log: bool, timeout: float) -> None:
+        """Run :meth:`command` in its own session, then wait for :attr:`listening` in the log."""
         self.log.write_text("")
-        self.process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env={**os.environ, **self.env},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
-            start_new_session=True,
-        )
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                self.command(),
+                cwd=cwd,
+                env={**os.environ, **self.env},
+                stdin=subprocess.DEVNULL,
+                stdout=log if output_to_log else subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            found = re.search(r"Listening at: http://127\.0\.0\.1:(\d+)", self.log.read_text())
-            if found:
+            found = self.listening.search(self.log_text())
+            if found and int(found.group(1)):
                 self.port = int(found.group(1))
                 return
             if self.process.poll() is not None:
-                self.fail(f"gunicorn exited with {self.process.returncode} before listening")
+                self.fail(f"{self.name} exited with {self.process.returncode} before listening")
             time.sleep(0.05)
-        self.fail(f"gunicorn did not listen within {timeout} s")
+        self.fail(f"{self.name} did not listen within {timeout} s")
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
 
     def wait_for_workers(self, count: int, timeout: float = 30) -> None:
         """Wait until ``count`` live workers have loaded the application and can serve."""
@@ -136,15 +157,18 @@ class Gunicorn:
 
     def ready_workers(self) -> set[int]:
         """Live workers that said they are ready (see ready_conf.py)."""
-        said = {int(pid) for pid in READY.findall(self.log.read_text())}
+        said = {int(pid) for pid in READY.findall(self.log_text())}
         return said & set(self.workers())
 
     def fail(self, message: str) -> None:
-        pytest.fail(f"{message}\n--- gunicorn log ({self.app}) ---\n{self.tail()}", pytrace=False)
+        pytest.fail(f"{message}\n{self.log_heading()}\n{self.tail()}", pytrace=False)
+
+    def log_heading(self) -> str:
+        return f"--- {self.name} log ({self.app}) ---"
 
     def tail(self, lines: int = 80) -> str:
         try:
-            return "\n".join(self.log.read_text().splitlines()[-lines:])
+            return "\n".join(self.log_text().splitlines()[-lines:])
         except OSError:
             return "(no log)"
 
@@ -152,8 +176,8 @@ class Gunicorn:
         """Fail if the master is gone, a worker died or a session was left behind."""
         assert self.process is not None
         if self.process.poll() is not None:
-            self.fail(f"gunicorn died (exit code {self.process.returncode})")
-        trouble = TROUBLE.search(self.log.read_text())
+            self.fail(f"{self.name} died (exit code {self.process.returncode})")
+        trouble = self.trouble.search(self.log_text())
         if trouble:
             self.fail(f"trouble in the server: {trouble.group(0)!r}")
 
@@ -164,21 +188,26 @@ class Gunicorn:
         self.stopping = True
         problems: list[str] = []
         if self.process.poll() is not None:
-            problems.append(f"gunicorn died during the test (exit code {self.process.returncode})")
+            problems.append(
+                f"{self.name} died during the test (exit code {self.process.returncode})"
+            )
         else:
-            trouble = TROUBLE.search(self.log.read_text())
+            trouble = self.trouble.search(self.log_text())
             if trouble:
                 problems.append(f"trouble in the server during the test: {trouble.group(0)!r}")
             self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            problems.append("gunicorn did not stop within 15 s of SIGTERM; killed")
+            problems.append(f"{self.name} did not stop within 15 s of SIGTERM; killed")
         # Whatever happened, nothing of this server may outlive the test.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
-        return [f"{p}\n--- gunicorn log ({self.app}) ---\n{self.tail()}" for p in problems]
+        report = [f"{p}\n{self.log_heading()}\n{self.tail()}" for p in problems]
+        for path in self.cleanup:
+            shutil.rmtree(path, ignore_errors=True)
+        return report
 
     def workers(self) -> list[int]:
         """Pids of the master's live worker processes."""

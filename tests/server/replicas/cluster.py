@@ -195,12 +195,25 @@ class Cluster:
 
                 _wait(caught_up, f"{self.kind} replica on {replica.port} catching up", timeout)
 
-    def stop(self) -> None:
-        for server in [*self.replicas, self.primary]:
-            for engine in server.engines:
-                engine.dispose()
-            with contextlib.suppress(Exception):
-                server.stop()
+
+def _stop(server: Server) -> None:
+    """Dispose of the engines made for ``server``, then stop it; never raises."""
+    for engine in server.engines:
+        engine.dispose()
+    with contextlib.suppress(Exception):
+        server.stop()
+
+
+@contextlib.contextmanager
+def _torn_down(root: Path) -> Iterator[list[Server]]:
+    """A list to add each server to before starting it: all stopped, ``root`` removed, at exit."""
+    servers: list[Server] = []
+    try:
+        yield servers
+    finally:
+        for server in reversed(servers):
+            _stop(server)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _null() -> type[sqlalchemy.pool.Pool]:
@@ -275,9 +288,7 @@ def postgresql_cluster(replicas: int = 2) -> Iterator[Cluster]:
     bindir = _pg_bindir()
     root = _owned_tmpdir("postgres", "wsgi-sqla-pg-")
     user = _as_user("postgres")
-    servers: list[Server] = []
-    cluster: Cluster | None = None
-    try:
+    with _torn_down(root) as servers:
         primary_dir = root / "primary"
         _run([*user, str(bindir / "initdb"), "-D", str(primary_dir), "-A", "trust",
               "-U", "postgres", "--no-sync", "--no-instructions"])  # fmt: skip
@@ -316,16 +327,7 @@ def postgresql_cluster(replicas: int = 2) -> Iterator[Cluster]:
             servers.append(replica)
             replica.start()
             replica_servers.append(replica)
-        cluster = Cluster("postgresql", primary, replica_servers, root)
-        yield cluster
-    finally:
-        if cluster is not None:
-            cluster.stop()
-        else:
-            for server in servers:
-                with contextlib.suppress(Exception):
-                    server.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        yield Cluster("postgresql", primary, replica_servers, root)
 
 
 def _pg_server(
@@ -363,9 +365,7 @@ def mariadb_cluster(replicas: int = 2) -> Iterator[Cluster]:
     """A MariaDB primary (binary log, GTID) and ``replicas`` GTID replicas, stopped on exit."""
     mariadbd, install = _mariadb_binaries()
     root = _owned_tmpdir("mysql", "wsgi-sqla-mariadb-")
-    servers: list[Server] = []
-    cluster: Cluster | None = None
-    try:
+    with _torn_down(root) as servers:
         primary = _mariadb_server("primary", 1, root, mariadbd, install)
         servers.append(primary)
         primary.start()
@@ -388,14 +388,6 @@ def mariadb_cluster(replicas: int = 2) -> Iterator[Cluster]:
         cluster = Cluster("mariadb", primary, replica_servers, root)
         cluster.wait_caught_up()
         yield cluster
-    finally:
-        if cluster is not None:
-            cluster.stop()
-        else:
-            for server in servers:
-                with contextlib.suppress(Exception):
-                    server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _mariadb_server(role: str, server_id: int, root: Path, mariadbd: str, install: str) -> Server:
