@@ -17,6 +17,7 @@ Every server is stopped before this module returns, whatever happened.
 from __future__ import annotations
 
 import http.client
+import os
 import re
 import shutil
 import socket
@@ -25,14 +26,22 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from .apps import Request
 
-__all__ = ["EndToEnd", "WrkMissing", "measure", "wrk_version"]
+__all__ = [
+    "EndToEnd",
+    "WrkMissing",
+    "free_port",
+    "gunicorn",
+    "measure",
+    "run_wrk",
+    "wrk_version",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,14 +74,17 @@ def _gunicorn_options() -> list[str]:
     return ["--no-control-socket"] if "--no-control-socket" in help_text else []
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def _wait_until_serving(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
+def _wait_until_serving(
+    port: int, process: subprocess.Popen[bytes], log: Path, timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"gunicorn exited with {process.returncode}:\n{log.read_text()}")
@@ -84,35 +96,38 @@ def _wait_until_serving(port: int, process: subprocess.Popen[bytes], log: Path) 
                 return
         except OSError:
             time.sleep(0.1)
-    raise RuntimeError(f"gunicorn on port {port} did not answer within 30 s:\n{log.read_text()}")
+    raise RuntimeError(
+        f"gunicorn on port {port} did not answer within {timeout} s:\n{log.read_text()}"
+    )
 
 
 @contextmanager
-def _gunicorn(
-    system: str, url: str, workers: int, log_dir: Path, options: list[str]
+def gunicorn(
+    app: str,
+    log: Path,
+    args: Sequence[str] = (),
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 30,
 ) -> Iterator[int]:
-    port = _free_port()
-    log = log_dir / f"gunicorn-{system}.log"
+    """Serve ``app`` (a gunicorn app spec) on a free 127.0.0.1 port, yielded once it answers.
+
+    The app must answer ``GET /nodb`` with 200. ``args`` are gunicorn options
+    (workers, worker class); its errors go to ``log``. Stopped on exit.
+    """
+    port = free_port()
     command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--workers",
-        str(workers),
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--chdir",
-        str(ROOT),
-        "--error-logfile",
-        str(log),
-        "--log-level",
-        "warning",
-        *options,
-        f"bench.apps:wsgi({system!r}, {url!r})",
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--chdir", str(ROOT),
+        "--error-logfile", str(log), "--log-level", "warning", *_gunicorn_options(), *args, app,
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     try:
-        _wait_until_serving(port, process, log)
+        _wait_until_serving(port, process, log, timeout)
         yield port
     finally:
         process.terminate()
@@ -123,29 +138,35 @@ def _gunicorn(
             process.wait()
 
 
-_TOTAL = re.compile(r"(\d+) requests in")
-_RATE = re.compile(r"Requests/sec:\s+([\d.]+)")
-_NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
-_SOCKET_ERRORS = re.compile(r"Socket errors: (.*)")
-
-
-def _wrk(port: int, request: Request, seconds: int, connections: int, lua: Path) -> float:
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s"]
-    if request.method == "POST":
-        command += ["-s", str(lua)]
-    command.append(f"http://127.0.0.1:{port}{request.path}")
+def run_wrk(args: Sequence[str]) -> str:
+    """wrk's output for ``wrk args...``; raises when wrk fails."""
+    command = ["wrk", *args]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}): {done.stderr}")
-    out = done.stdout
-    total_match, rate_match = _TOTAL.search(out), _RATE.search(out)
+    return done.stdout
+
+
+_TOTAL = re.compile(r"(\d+) requests in")
+#: What wrk prints: the rate, the responses that were not 2xx/3xx, socket errors.
+RATE = re.compile(r"Requests/sec:\s+([\d.]+)")
+NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+SOCKET_ERRORS = re.compile(r"Socket errors: (.*)")
+
+
+def _wrk(port: int, request: Request, seconds: int, connections: int, lua: Path) -> float:
+    args = ["-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s"]
+    if request.method == "POST":
+        args += ["-s", str(lua)]
+    out = run_wrk([*args, f"http://127.0.0.1:{port}{request.path}"])
+    total_match, rate_match = _TOTAL.search(out), RATE.search(out)
     if total_match is None or rate_match is None:
         raise RuntimeError(f"cannot read wrk's output:\n{out}")
     total = int(total_match.group(1))
-    non_2xx_match = _NON_2XX.search(out)
+    non_2xx_match = NON_2XX.search(out)
     non_2xx = int(non_2xx_match.group(1)) if non_2xx_match else 0
     expected = total if request.status >= 300 else 0
-    errors = _SOCKET_ERRORS.search(out)
+    errors = SOCKET_ERRORS.search(out)
     if non_2xx != expected or errors is not None:
         raise RuntimeError(
             f"{request.method} {request.path}: {non_2xx} of {total} responses were not 2xx "
@@ -192,9 +213,14 @@ def measure(
         log_dir = Path(tmp)
         lua = log_dir / "post.lua"
         lua.write_text('wrk.method = "POST"\n')
-        options = _gunicorn_options()
         ports = {
-            s: servers.enter_context(_gunicorn(s, urls[s], workers, log_dir, options))
+            s: servers.enter_context(
+                gunicorn(
+                    f"bench.apps:wsgi({s!r}, {urls[s]!r})",
+                    log_dir / f"gunicorn-{s}.log",
+                    ["--workers", str(workers)],
+                )
+            )
             for s in systems
         }
         for round_number in range(rounds):

@@ -33,16 +33,11 @@ includes it). Needs ``WSGI_SQLA_POSTGRESQL_URL``, Debian's ``pgbouncer`` and
 from __future__ import annotations
 
 import contextlib
-import http.client
 import os
 import re
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,7 +52,7 @@ from sqlalchemy.pool import NullPool
 from wsgi_sqla import SessionMiddleware, transaction_pooled
 
 from .apps import Item, reset_table
-from .endtoend import _free_port, _gunicorn_options
+from .endtoend import NON_2XX, RATE, gunicorn, run_wrk
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -121,8 +116,6 @@ done = function(summary, latency, requests)
 end
 """
 
-_RATE = re.compile(r"Requests/sec:\s+([\d.]+)")
-_NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
 _SOCKET_ERRORS = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
 _P = re.compile(r"p(50|99)_us (\d+)")
 
@@ -174,25 +167,14 @@ class _Sampler:
 
 def _wrk(port: int, seconds: int, lua: Path) -> tuple[float, float, float, int]:
     """req/s, p50 ms, p99 ms and errors of one wrk run of the mix."""
-    command = [
-        "wrk",
-        "-t1",
-        f"-c{WORKERS * THREADS}",
-        f"-d{seconds}s",
-        "--timeout",
-        "10s",
-        "-s",
-        str(lua),
-        f"http://127.0.0.1:{port}/read",
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}): {done.stderr}")
-    out = done.stdout
-    rate, percentiles = _RATE.search(out), dict(_P.findall(out))
+    out = run_wrk(
+        ["-t1", f"-c{WORKERS * THREADS}", f"-d{seconds}s", "--timeout", "10s", "-s", str(lua),
+         f"http://127.0.0.1:{port}/read"]
+    )  # fmt: skip
+    rate, percentiles = RATE.search(out), dict(_P.findall(out))
     if rate is None or set(percentiles) != {"50", "99"}:
         raise RuntimeError(f"cannot read wrk's output:\n{out}")
-    non_2xx = _NON_2XX.search(out)
+    non_2xx = NON_2XX.search(out)
     sockets = _SOCKET_ERRORS.search(out)
     errors = (int(non_2xx.group(1)) if non_2xx else 0) + (
         sum(int(g) for g in sockets.groups()) if sockets else 0
@@ -201,54 +183,15 @@ def _wrk(port: int, seconds: int, lua: Path) -> tuple[float, float, float, int]:
     return float(rate.group(1)), p50, p99, errors
 
 
-@contextlib.contextmanager
-def _gunicorn(configuration: str, url: str, log_dir: Path) -> Iterator[int]:
-    port = _free_port()
-    log = log_dir / f"gunicorn-{configuration}.log"
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--worker-class",
-        "gthread",
-        "--workers",
-        str(WORKERS),
-        "--threads",
-        str(THREADS),
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--chdir",
-        str(ROOT),
-        "--error-logfile",
-        str(log),
-        "--log-level",
-        "warning",
-        *_gunicorn_options(),
+def _gunicorn(
+    configuration: str, url: str, log_dir: Path
+) -> contextlib.AbstractContextManager[int]:
+    return gunicorn(
         f"bench.pooling:wsgi({configuration!r}, {url!r})",
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                connection.request("GET", "/nodb")
-                if connection.getresponse().status == 200:
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"gunicorn did not answer:\n{log.read_text()}") from None
-                time.sleep(0.1)
-        yield port
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        log_dir / f"gunicorn-{configuration}.log",
+        ["--worker-class", "gthread", "--workers", str(WORKERS), "--threads", str(THREADS)],
+        timeout=60,
+    )
 
 
 def _conninfo(url: str) -> str:

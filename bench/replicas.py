@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +32,6 @@ _LINE = re.compile(
     r"BENCH primary_reads=(\d+) replica_reads=(\d+) p99_us=(\d+) p50_us=(\d+) "
     r"requests=(\d+) errors=(\d+)"
 )
-_RATE = re.compile(r"Requests/sec:\s+([\d.]+)")
 
 
 @dataclass
@@ -53,37 +50,21 @@ class Setup:
         return statistics.median(getattr(p, name) for p in self.points)
 
 
-@contextmanager
-def _serve(primary: str, replicas: list[str], log: Path) -> Iterator[int]:
-    port = endtoend._free_port()
-    command = [
-        sys.executable, "-m", "gunicorn", "--workers", "2", "--bind", f"127.0.0.1:{port}",
-        "--chdir", str(ROOT), "--error-logfile", str(log), "--log-level", "warning",
-        *endtoend._gunicorn_options(), "bench.replica_app:application",
-    ]  # fmt: skip
-    env = {"PRIMARY_URL": primary, "REPLICA_URLS": " ".join(replicas)}
-    import os
-
-    process = subprocess.Popen(
-        command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+def _serve(primary: str, replicas: list[str], log: Path) -> AbstractContextManager[int]:
+    return endtoend.gunicorn(
+        "bench.replica_app:application",
+        log,
+        ["--workers", "2"],
+        env={"PRIMARY_URL": primary, "REPLICA_URLS": " ".join(replicas)},
     )
-    try:
-        endtoend._wait_until_serving(port, process, log)
-        yield port
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _wrk(port: int, seconds: int) -> Point:
-    command = ["wrk", "-t1", "-c4", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA),
-               f"http://127.0.0.1:{port}/"]  # fmt: skip
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    line, rate = _LINE.search(out), _RATE.search(out)
+    out = endtoend.run_wrk(
+        ["-t1", "-c4", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA),
+         f"http://127.0.0.1:{port}/"]
+    )  # fmt: skip
+    line, rate = _LINE.search(out), endtoend.RATE.search(out)
     if line is None or rate is None:
         raise RuntimeError(f"cannot read wrk's output:\n{out}")
     primary_reads, replica_reads, p99, _p50, _total, errors = map(int, line.groups())
