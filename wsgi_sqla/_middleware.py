@@ -480,13 +480,7 @@ class RequestUnit:
                 status,
             )
         exc_info, self._exc_info = self._exc_info, None
-        self._server_write = self._start_server(status, self._headers, exc_info)
-
-    def _start_server(
-        self, status: str, headers: _Headers, exc_info: _OptExcInfo
-    ) -> Callable[[bytes], object]:
-        """Hand the decided status and headers to the server."""
-        return self._server_start_response(status, headers, exc_info)
+        self._server_write = self._server_start_response(status, self._headers, exc_info)
 
     def _abort(self) -> None:
         """The request failed before a response was handed over: undo, close, clean up."""
@@ -567,22 +561,27 @@ class RequestUnit:
 class RoutedRequestUnit(RequestUnit):
     """A request of a middleware with ``replicas``: its unit has a route.
 
-    The status and headers pass through the router on their way to the
-    server, so a request that committed a write adds its position token.
+    The status and headers pass through the route on their way to the
+    server (``Route.start_response``), so a request that committed a write
+    adds its position token.
     """
 
     __slots__ = ()
 
     unit: RoutedUnit
 
+    def __init__(
+        self,
+        middleware: SessionMiddleware,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+    ) -> None:
+        super().__init__(middleware, environ, start_response)
+        # The route, not this object, wraps the server's start_response: a bound
+        # method of self stored on self would make every request a reference cycle.
+        self._server_start_response = partial(self.unit.route.start_response, start_response)
+
     def _start_unit(self, middleware: SessionMiddleware, environ: WSGIEnvironment) -> RoutedUnit:
         router = middleware.router
         assert router is not None
         return router.request_unit(middleware.sessions, environ)
-
-    def _start_server(
-        self, status: str, headers: _Headers, exc_info: _OptExcInfo
-    ) -> Callable[[bytes], object]:
-        if self._committed:
-            self.unit.route.respond(status, headers)
-        return self._server_start_response(status, headers, exc_info)

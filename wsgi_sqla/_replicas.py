@@ -51,10 +51,10 @@ from sqlalchemy import Connection, Engine, event, exc
 from sqlalchemy.orm import Session, scoped_session
 
 from ._fork import fork_safe, on_new_process
-from ._unit import UnitOfWork, current_unit
+from ._unit import UnitOfWork, check_seconds, current_unit
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import WSGIEnvironment
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 __all__ = [
     "POSITION_COOKIE",
@@ -267,10 +267,10 @@ class _Replica:
         "engine",
         "label",
         "lag",
-        "lag_interval",
         "lag_read_at",
         "lagging",
         "lock",
+        "max_lag",
         "monitor_pool",
         "position",
     )
@@ -289,8 +289,9 @@ class _Replica:
         #: the last lag measured by the monitor (seconds; ``math.inf``: not replicating).
         self.lag: float | None = None
         self.lag_read_at: float = 0.0
-        #: seconds between measurements: a quarter of the tightest bound, at most 1 s.
-        self.lag_interval: float = 1.0
+        #: the tightest ``replica_max_lag`` of the routers that watch it.
+        self.max_lag: float | None = None
+        #: whether the last measurement was over that bound (logged when it changes).
         self.lagging = False
         #: ``[pool]``: the monitor's own pool, so its statements are nobody's request's.
         self.monitor_pool: list[Any] | None = None
@@ -330,7 +331,11 @@ class _Replica:
             return True
         # A reading the monitor stopped refreshing (a server that runs no Python
         # threads) says nothing any more.
-        return now - self.lag_read_at > max(10 * self.lag_interval, 2.0)
+        return now - self.lag_read_at > max(10 * self.lag_interval(), 2.0)
+
+    def lag_interval(self) -> float:
+        """Seconds between measurements: a quarter of the tightest bound, at most 1 s."""
+        return 1.0 if self.max_lag is None else min(1.0, max(self.max_lag / 4, 0.05))
 
     def measure(self) -> None:
         """Read the lag over the monitor's own connection; log crossing the bound once."""
@@ -356,16 +361,16 @@ class _Replica:
             None if row is None else dict(zip(names, row, strict=False))
         )
         self.lag_read_at = time.monotonic()
-
-    def judge(self, max_lag: float) -> None:
-        """Log once when the replica goes over ``max_lag``, and once when it is back."""
+        max_lag = self.max_lag
+        if max_lag is None:
+            return
         over = self.lag is not None and self.lag > max_lag
         if over != self.lagging:
             self.lagging = over
             if over:
                 logger.warning(
                     "read replica %s is %s behind its primary, over the %.3g s bound; reads "
-                    "without a token skip it until it catches up (logged once)",
+                    "skip it until it catches up (logged once)",
                     self.label,
                     "not replicating, so ever further"
                     if self.lag == math.inf
@@ -445,10 +450,10 @@ class _LagMonitor:
     Started by the first unit routed in a process (so a pre-forking master
     that serves nothing never runs it, and never forks while it is inside
     the driver), and in a forked child of a process that ran it, as soon as
-    the child is noticed. It holds
-    the replicas weakly and ends when none is left. Each replica is asked
-    one statement per interval, over a connection of its own, so that no
-    request pays for it.
+    the child is noticed. It holds the replicas weakly and ends when none is
+    left. Each replica is asked one statement per interval, over a
+    connection of its own, so that no request pays for it; crossing the
+    bound is logged from here, once each way.
     """
 
     def __init__(self) -> None:
@@ -466,7 +471,8 @@ class _LagMonitor:
                     # A list, so that after a fork the finalizer closes the child's pool only.
                     replica.monitor_pool = [replica.engine.pool.recreate()]
                     weakref.finalize(replica, _dispose_monitor_pool, replica.monitor_pool)
-                replica.lag_interval = min(replica.lag_interval, max(max_lag / 4, 0.05))
+                if replica.max_lag is None or max_lag < replica.max_lag:
+                    replica.max_lag = max_lag
                 self.replicas.add(replica)
 
     def ensure_running(self) -> None:
@@ -487,11 +493,11 @@ class _LagMonitor:
                     return
             interval = 1.0
             for replica in replicas:
-                # A fork waits for this (see _before_fork): a child must not
+                # A fork waits for this (see before_fork): a child must not
                 # inherit a lock the driver or OpenSSL holds half-way.
                 with self.measuring:
                     replica.measure()
-                interval = min(interval, replica.lag_interval)
+                interval = min(interval, replica.lag_interval())
             del replicas  # held weakly between rounds
             time.sleep(interval)
 
@@ -572,12 +578,6 @@ class _Primary:
         self.dialect: _Dialect = _dialect_of(engine, "replicas")
 
 
-def _number(value: object, name: str, owner: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{owner}: {name} must be a number of seconds, got {value!r}")
-    return float(value)
-
-
 class Router:
     """What an owner with ``replicas`` knows: the primaries, their replicas, the rules.
 
@@ -606,17 +606,18 @@ class Router:
             )
         if not callable(reads):
             raise TypeError(f"{owner}: replica_reads must be a callable (environ) -> bool")
-        backoff = _number(backoff, "replica_backoff", owner)
-        if not 0 <= backoff <= 30:
+        backoff_s = check_seconds(backoff, "replica_backoff", owner)
+        if not 0 <= backoff_s <= 30:
             raise ValueError(f"{owner}: replica_backoff must be between 0 and 30 s, got {backoff}")
-        max_age = _number(max_age, "position_max_age", owner)
-        if not 1 <= max_age <= 3600:
+        max_age_s = check_seconds(max_age, "position_max_age", owner)
+        if not 1 <= max_age_s <= 3600:
             raise ValueError(
                 f"{owner}: position_max_age must be between 1 and 3600 s, got {max_age}"
             )
+        max_lag_s = None
         if max_lag is not None:
-            max_lag = _number(max_lag, "replica_max_lag", owner)
-            if not 0 < max_lag <= 86400:
+            max_lag_s = check_seconds(max_lag, "replica_max_lag", owner)
+            if not 0 < max_lag_s <= 86400:
                 raise ValueError(
                     f"{owner}: replica_max_lag must be above 0 and at most 86400 s (or None "
                     f"for no bound), got {max_lag}"
@@ -627,9 +628,9 @@ class Router:
             raise ValueError(f"{owner}: position_secret must be at least 16 characters long")
         self.reads = reads
         self.secret: bytes | None = secret.encode() if isinstance(secret, str) else secret
-        self.backoff: float = backoff
-        self.max_age: int = int(max_age)
-        self.max_lag: float | None = max_lag
+        self.backoff: float = backoff_s
+        self.max_age: int = int(max_age_s)
+        self.max_lag: float | None = max_lag_s
         self.primaries: list[_Primary] = []
         for index, (scoped, engines) in enumerate(replicas.items()):
             if not isinstance(scoped, scoped_session):
@@ -653,12 +654,12 @@ class Router:
                         f"{owner}: a replica of {bind.url!r} is another kind of database"
                     )
             primary = _Primary(
-                index, scoped, bind, [_replica_of(e, dialect, backoff) for e in engines]
+                index, scoped, bind, [_replica_of(e, dialect, backoff_s) for e in engines]
             )
             self.primaries.append(primary)
             _route_session_creation(scoped)
-        if max_lag is not None:
-            _monitor.watch([r for p in self.primaries for r in p.replicas], max_lag)
+        if max_lag_s is not None:
+            _monitor.watch([r for p in self.primaries for r in p.replicas], max_lag_s)
         self._turn = itertools.count()
 
     # -- units ----------------------------------------------------------------
@@ -756,10 +757,8 @@ class Router:
         for replica in primary.replicas:
             if not replica.healthy(now):
                 continue
-            if max_lag is not None:
-                replica.judge(max_lag)
-                if not replica.within(max_lag, now):
-                    continue
+            if max_lag is not None and not replica.within(max_lag, now):
+                continue
             healthy.append(replica)
         if len(healthy) > 1:
             turn = next(self._turn) % len(healthy)
@@ -800,6 +799,7 @@ class Route:
     __slots__ = (
         "committed",
         "connections",
+        "did_commit",
         "on_primary",
         "replica_ok",
         "router",
@@ -820,6 +820,8 @@ class Route:
         self.token_drop: bool = False
         #: the primaries' positions after the unit's last commit of a write, if any.
         self.committed: tuple[str, ...] | None = None
+        #: whether the unit's sessions committed (a read-only unit too).
+        self.did_commit: bool = False
         #: per primary index: the connection the unit runs on.
         self.connections: dict[int, Connection] = {}
         #: per primary index: whether the connection is on the primary.
@@ -846,6 +848,7 @@ class Route:
 
     def read_positions(self) -> None:
         """After a commit: the primaries' positions, if the unit wrote (:attr:`committed`)."""
+        self.did_commit = True
         if not self.wrote:
             return
         positions = []
@@ -878,6 +881,18 @@ class Route:
         elif self.token is not None and self.token_drop:
             headers.append(("Set-Cookie", router.cookie("", 0)))
             headers.append((POSITION_HEADER, ""))
+
+    def start_response(
+        self,
+        server_start_response: StartResponse,
+        status: str,
+        headers: list[tuple[str, str]],
+        exc_info: Any = None,
+    ) -> Callable[[bytes], object]:
+        """The server's ``start_response``, after :meth:`respond` if the unit committed."""
+        if self.did_commit:
+            self.respond(status, headers)
+        return server_start_response(status, headers, exc_info)
 
     def release(self) -> None:
         """Return the unit's connections to their pools (after its sessions were closed)."""

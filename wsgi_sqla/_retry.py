@@ -53,7 +53,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from ._unit import current
+from ._unit import check_seconds, current
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -170,16 +170,13 @@ class RetryPolicy:
         self.body_limit: int = _count(
             "retry_body_limit", body_limit, "bytes of request body buffered for replay"
         )
-        if isinstance(backoff, bool) or not isinstance(backoff, (int, float)):
-            raise TypeError(
-                f"SessionMiddleware: retry_backoff must be a number of seconds, got {backoff!r}"
-            )
-        if not (backoff >= 0 and math.isfinite(backoff)):
+        seconds = check_seconds(backoff, "retry_backoff", "SessionMiddleware")
+        if not (seconds >= 0 and math.isfinite(seconds)):
             raise ValueError(
                 f"SessionMiddleware: retry_backoff must be a finite number of seconds >= 0, "
                 f"got {backoff!r}"
             )
-        self.backoff: float = float(backoff)
+        self.backoff: float = seconds
 
     def run(
         self, attempt: _Attempt, environ: WSGIEnvironment, start_response: StartResponse

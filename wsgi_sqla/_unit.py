@@ -45,6 +45,7 @@ __all__ = [
     "StaleSessionWarning",
     "UnitOfWork",
     "after_commit",
+    "check_seconds",
     "check_sessions",
     "current",
     "current_unit",
@@ -121,6 +122,16 @@ def check_sessions(sessions: Iterable[object], owner: str) -> tuple[scoped_sessi
             f"{owner}: needs at least one sqlalchemy.orm.scoped_session; none was given"
         )
     return tuple(checked)
+
+
+def check_seconds(value: object, name: str, owner: str) -> float:
+    """``value`` as a float, checked to be a number of seconds (``bool`` is not one).
+
+    :raises TypeError: naming ``owner`` and the keyword ``name`` otherwise.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{owner}: {name} must be a number of seconds, got {value!r}")
+    return float(value)
 
 
 class UnitOfWork:
