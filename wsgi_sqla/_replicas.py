@@ -463,6 +463,8 @@ class _LagMonitor:
         self.fork_holds = False
         self.replicas: weakref.WeakSet[_Replica] = weakref.WeakSet()
         self.started = False
+        #: monotonic time of the last routed unit; the thread ends after _IDLE without one.
+        self.last_used = 0.0
 
     def watch(self, replicas: list[_Replica], max_lag: float) -> None:
         with self.lock:
@@ -488,7 +490,10 @@ class _LagMonitor:
         while True:
             with self.lock:
                 replicas = list(self.replicas)
-                if not replicas:
+                # Idle: no thread left running in a process that routes nothing
+                # any more, where a fork without Python's hooks could copy it
+                # half-way through the driver. The next unit starts it again.
+                if not replicas or time.monotonic() - self.last_used > _IDLE:
                     self.started = False
                     return
             interval = 1.0
@@ -539,6 +544,8 @@ def _dispose_monitor_pool(holder: list[Any]) -> None:
         logger.debug("disposing a replica lag monitor's pool failed", exc_info=True)
 
 
+#: Seconds without a routed unit after which the lag monitor's thread ends.
+_IDLE = 30.0
 _monitor = _LagMonitor()
 on_new_process(_monitor.forget)
 if hasattr(os, "register_at_fork"):
@@ -684,8 +691,10 @@ class Router:
         what: str = "unit of work",
     ) -> RoutedUnit:
         """A unit of work over ``sessions`` routed by this router (``what`` names it in errors)."""
-        if self.max_lag is not None and not _monitor.started:
-            _monitor.ensure_running()
+        if self.max_lag is not None:
+            _monitor.last_used = time.monotonic()
+            if not _monitor.started:
+                _monitor.ensure_running()
         return RoutedUnit(sessions, Route(self, replica_ok, token, what))
 
     # -- tokens ---------------------------------------------------------------
