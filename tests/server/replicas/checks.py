@@ -103,15 +103,25 @@ def app_over(cluster: Cluster, **options: Any) -> Iterator[App]:
             engine.dispose()
 
 
-def client_connections(server: Server) -> int:
-    """How many client connections ``server`` has, besides the one asking."""
+def client_connection_ids(server: Server) -> set[int]:
+    """The ids of ``server``'s client connections, besides the one asking.
+
+    Ids rather than a count: connections other tests left to the garbage
+    collector may close at any moment, but no id comes back.
+    """
     engine = server.engine()
     try:
         with engine.connect() as connection:
             if server.kind == "postgresql":
-                sql = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+                sql = (
+                    "SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                    "AND pid <> pg_backend_pid()"
+                )
             else:
-                sql = "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE USER = 'root'"
-            return int(connection.exec_driver_sql(sql).scalar_one()) - 1
+                sql = (
+                    "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = 'root' "
+                    "AND ID <> CONNECTION_ID()"
+                )
+            return {int(row[0]) for row in connection.exec_driver_sql(sql)}
     finally:
         engine.dispose()
