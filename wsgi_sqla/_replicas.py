@@ -493,9 +493,12 @@ class _LagMonitor:
                 # Idle: no thread left running in a process that routes nothing
                 # any more, where a fork without Python's hooks could copy it
                 # half-way through the driver. The next unit starts it again.
+                # started goes false before last_used is read: a unit that
+                # stamps last_used and still sees started true is then seen here.
+                self.started = False
                 if not replicas or time.monotonic() - self.last_used > _IDLE:
-                    self.started = False
                     return
+                self.started = True
             interval = 1.0
             for replica in replicas:
                 # A fork waits for this (see before_fork): a child must not
