@@ -31,21 +31,35 @@ def fresh(engine: Engine) -> Iterator[Engine]:
     own.dispose()
 
 
+def backend_query(engine: Engine) -> str:
+    """The statement that names the server-side id of the connection it runs on."""
+    if engine.dialect.name == "postgresql":
+        return "SELECT pg_backend_pid()"
+    return "SELECT CONNECTION_ID()"
+
+
 def backend(engine: Engine) -> int:
     """The server-side id of the connection the pool hands out."""
-    query = (
-        "SELECT pg_backend_pid()"
-        if engine.dialect.name == "postgresql"
-        else "SELECT CONNECTION_ID()"
-    )
     with engine.connect() as connection:
-        return int(connection.execute(text(query)).scalar_one())
+        return int(connection.execute(text(backend_query(engine))).scalar_one())
 
 
-def in_child(work: Callable[[], int]) -> int:
-    """Run ``work`` in a forked child process and return its result."""
+def libc_fork() -> int:
+    """fork(2) through libc, as uWSGI forks its workers: no ``register_at_fork`` hook runs."""
+    return int(ctypes.CDLL(None, use_errno=True).fork())
+
+
+#: Python's fork, which runs the fork hooks, and one that runs none.
+FORKS = pytest.mark.parametrize(
+    "fork",
+    [pytest.param(os.fork, id="os.fork"), pytest.param(libc_fork, id="libc-fork-without-hooks")],
+)
+
+
+def in_child(work: Callable[[], int], fork: Callable[[], int] = os.fork) -> int:
+    """Run ``work`` in a child forked by ``fork`` and return its result."""
     read_end, write_end = os.pipe()
-    pid = os.fork()
+    pid = fork()
     if pid == 0:  # the child: report, and leave without running any cleanup
         code = 1
         try:
@@ -53,6 +67,7 @@ def in_child(work: Callable[[], int]) -> int:
             code = 0
         finally:
             os._exit(code)
+    assert pid > 0, "fork failed"
     os.close(write_end)
     with os.fdopen(read_end, "rb") as reader:
         answer = reader.read()
@@ -62,20 +77,24 @@ def in_child(work: Callable[[], int]) -> int:
 
 
 @SERVERS
-def test_child_of_a_fork_safe_engine_opens_its_own_connection(fresh: Engine) -> None:
-    fork_safe(fresh)
+@FORKS
+def test_child_of_an_unprotected_engine_would_share_the_parents_connection(
+    fresh: Engine, fork: Callable[[], int]
+) -> None:
+    """The hazard fork_safe() removes, with either fork; shows that the test below can fail."""
     parents = backend(fresh)
-    assert in_child(lambda: backend(fresh)) != parents
-    assert backend(fresh) == parents, "the parent lost its pooled connection"
+    assert in_child(lambda: backend(fresh), fork) == parents
 
 
 @SERVERS
-def test_child_of_an_unprotected_engine_would_share_the_parents_connection(
-    fresh: Engine,
+@FORKS
+def test_child_of_a_fork_safe_engine_opens_its_own_connection(
+    fresh: Engine, fork: Callable[[], int]
 ) -> None:
-    """The hazard fork_safe() removes; shows that the test above can fail."""
+    fork_safe(fresh)
     parents = backend(fresh)
-    assert in_child(lambda: backend(fresh)) == parents
+    assert in_child(lambda: backend(fresh), fork) != parents
+    assert backend(fresh) == parents, "the child closed the parent's connection"
 
 
 @SERVERS
@@ -103,58 +122,12 @@ def test_fork_safe_refuses_what_is_not_an_engine() -> None:
         fork_safe("postgresql://")  # type: ignore[arg-type]
 
 
-# -- a fork that runs none of Python's fork hooks (uWSGI forks its workers from C) ------
-
-
-def in_child_without_hooks(work: Callable[[], int]) -> int:
-    """Like :func:`in_child`, forking through libc so that no ``register_at_fork`` hook runs."""
-    read_end, write_end = os.pipe()
-    pid = ctypes.CDLL(None, use_errno=True).fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.write(write_end, str(work()).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    assert pid > 0, "fork failed"
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as reader:
-        answer = reader.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, answer
-    return int(answer)
-
-
-@SERVERS
-def test_without_fork_hooks_an_unprotected_engine_shares_the_parents_connection(
-    fresh: Engine,
-) -> None:
-    """The hazard under uWSGI's default mode; shows that the tests below can fail."""
-    parents = backend(fresh)
-    assert in_child_without_hooks(lambda: backend(fresh)) == parents
-
-
-@SERVERS
-def test_without_fork_hooks_a_fork_safe_engine_refuses_the_parents_connection(
-    fresh: Engine,
-) -> None:
-    fork_safe(fresh)
-    parents = backend(fresh)
-    assert in_child_without_hooks(lambda: backend(fresh)) != parents
-    assert backend(fresh) == parents, "the child closed the parent's connection"
-
-
 @SERVERS
 def test_without_fork_hooks_a_request_in_the_child_gets_a_connection_of_its_own(
     fresh: Engine,
 ) -> None:
     session = scoped_session(sessionmaker(bind=fresh))
-    query = (
-        "SELECT pg_backend_pid()"
-        if fresh.dialect.name == "postgresql"
-        else "SELECT CONNECTION_ID()"
-    )
+    query = backend_query(fresh)
     seen: list[int] = []
 
     def app(environ: Any, start_response: Any) -> list[bytes]:
@@ -171,5 +144,5 @@ def test_without_fork_hooks_a_request_in_the_child_gets_a_connection_of_its_own(
         getattr(body, "close", lambda: None)()
         return seen[-1]
 
-    assert in_child_without_hooks(request) != parents
+    assert in_child(request, libc_fork) != parents
     assert backend(fresh) == parents, "the child closed the parent's connection"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ import flask
 import pytest
 import webtest
 from support import FakeServer, Models, Probe
+from werkzeug.test import create_environ
 
 from wsgi_sqla import SessionMiddleware
 
@@ -54,20 +53,26 @@ def test_flask_abort_rolls_back(session: Any, models: Models, probe: Probe) -> N
     assert probe.names() == []
 
 
-def test_bottle_generator_body_commits_after_streaming(
-    session: Any, models: Models, probe: Probe
-) -> None:
+def bottle_generator_app(models: Models) -> bottle.Bottle:
+    """A Bottle generator route that saves a user before its first yield and one after."""
     app = bottle.Bottle()
 
     @app.get("/")
     def listing() -> Iterator[str]:
-        models.User(name="ann").save()
+        models.User(name="before-first-yield").save()
         yield "one;"
-        models.User(name="tail").save()
+        models.User(name="after-first-yield").save()
         yield "two;"
 
-    assert webtest.TestApp(SessionMiddleware(app, session)).get("/").text == "one;two;"
-    assert probe.names() == ["ann", "tail"]
+    return app
+
+
+def test_bottle_generator_body_commits_after_streaming(
+    session: Any, models: Models, probe: Probe
+) -> None:
+    app = SessionMiddleware(bottle_generator_app(models), session)
+    assert webtest.TestApp(app).get("/").text == "one;two;"
+    assert probe.names() == ["after-first-yield", "before-first-yield"]
 
 
 def test_bottle_generator_route_commits_its_work_up_to_the_first_yield_even_if_cut(
@@ -80,16 +85,7 @@ def test_bottle_generator_route_commits_its_work_up_to_the_first_yield_even_if_c
     before the headers; only what it does after is streamed work, kept only
     for a body read to its end.
     """
-    app = bottle.Bottle()
-
-    @app.get("/")
-    def listing() -> Iterator[str]:
-        models.User(name="before-first-yield").save()
-        yield "one;"
-        models.User(name="after-first-yield").save()
-        yield "two;"
-
-    seen = fake_server(SessionMiddleware(app, session), disconnect_after=1)
+    seen = fake_server(SessionMiddleware(bottle_generator_app(models), session), disconnect_after=1)
     assert seen.events[0] == ("start_response", ("200 OK", ["before-first-yield"]))
     assert probe.names() == ["before-first-yield"]
 
@@ -98,16 +94,8 @@ def test_bottle_head_on_a_generator_route_commits_the_work_up_to_the_first_yield
     session: Any, models: Models, probe: Probe
 ) -> None:
     """Bottle runs a generator route to its first yield for HEAD, then closes it."""
-    app = bottle.Bottle()
-
-    @app.get("/")
-    def listing() -> Iterator[str]:
-        models.User(name="before-first-yield").save()
-        yield "one;"
-        models.User(name="after-first-yield").save()
-        yield "two;"
-
-    assert webtest.TestApp(SessionMiddleware(app, session)).head("/").status_int == 200
+    app = SessionMiddleware(bottle_generator_app(models), session)
+    assert webtest.TestApp(app).head("/").status_int == 200
     assert probe.names() == ["before-first-yield"]
 
 
@@ -169,17 +157,7 @@ def test_framework_rolls_back_a_400(
 
 def drive(app: Any, method: str, query: str) -> tuple[str | None, BaseException | None]:
     """Call ``app`` as a server does; the status it got and the exception it logged, if any."""
-    environ = {
-        "REQUEST_METHOD": method,
-        "PATH_INFO": "/users",
-        "QUERY_STRING": query,
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(),
-        "wsgi.errors": sys.stderr,
-    }
+    environ = create_environ("/users", method=method, query_string=query)
     statuses: list[str] = []
     error: BaseException | None = None
     body = app(environ, lambda status, headers, exc_info=None: statuses.append(status))
@@ -258,17 +236,8 @@ def test_framework_file_responses_reach_the_server_as_its_own_file_wrapper(
         def close(self) -> None:
             self.filelike.close()
 
-    environ = {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": "/file",
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "80",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(),
-        "wsgi.errors": sys.stderr,
-        "wsgi.file_wrapper": FileWrapper,
-    }
+    environ = create_environ("/file")
+    environ["wsgi.file_wrapper"] = FileWrapper
     statuses: list[str] = []
     body = SessionMiddleware(file_app(name, path), session)(
         environ, lambda status, headers, exc_info=None: statuses.append(status)
