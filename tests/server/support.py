@@ -18,6 +18,7 @@ database server itself (other developers use it).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import ctypes
 import http.client
@@ -247,6 +248,14 @@ class Gunicorn:
         return self.request(
             "POST", path, json.dumps(payload).encode(), {"Content-Type": "application/json"}
         )
+
+
+def fan_out(server: Gunicorn, path: str, count: int, threads: int) -> list[Any]:
+    """GET ``path`` ``count`` times from ``threads`` threads at once; the JSON answers (all 200)."""
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        replies = list(pool.map(lambda _: server.request("GET", path), range(count)))
+    assert [r.status for r in replies] == [200] * count, [r.body for r in replies]
+    return [r.json() for r in replies]
 
 
 Serve = Callable[..., Gunicorn]

@@ -22,7 +22,15 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from support import database_url
 
-from .support import Gunicorn, Serve, app_tables, load_module, open_transactions, servers
+from .support import (
+    Gunicorn,
+    Serve,
+    app_tables,
+    fan_out,
+    load_module,
+    open_transactions,
+    servers,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -163,13 +171,6 @@ def soak_tables(db_name: str, tmp_path: Path) -> Iterator[str]:
     url = database_url(db_name, tmp_path)
     with app_tables(SOAK_APP, url):
         yield url
-
-
-def fan_out(server: Gunicorn, path: str, count: int, threads: int) -> list[Any]:
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        replies = list(pool.map(lambda _: server.request("GET", path), range(count)))
-    assert [r.status for r in replies] == [200] * count, [r.body for r in replies]
-    return [r.json() for r in replies]
 
 
 PRELOADED = [

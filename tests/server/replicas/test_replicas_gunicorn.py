@@ -4,21 +4,37 @@ The same application as the in-process tests (``replica_app.py``), served by
 two gunicorn workers with four threads each, against the real primary and
 its two streaming replicas; the client is ``http.client`` and carries the
 position token itself, as a browser would (the cookie) or as an API client
-would (the header). Each worker keeps its own view of the replicas.
+would (the header). Each worker keeps its own view of the replicas. The lag
+bound is also checked under uWSGI's default mode, whose master forks its
+workers without Python's fork hooks.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from wsgi_sqla import POSITION_COOKIE, POSITION_HEADER
 
-from ..support import Gunicorn, Reply, Serve
+from ..launchers import launch
+from ..support import Gunicorn, Reply, Serve, fan_out
 from .checks import rows_everywhere, served_ports, until, writing_on
 from .cluster import Cluster
+
+
+def replica_env(cluster: Cluster, max_lag: float) -> dict[str, str]:
+    """What ``replica_app`` reads to build its application over ``cluster``."""
+    return {
+        "PRIMARY_URL": cluster.primary.url,
+        "REPLICA_URLS": " ".join(r.url for r in cluster.replicas),
+        "REPLICA_BACKOFF": "0.5",
+        "REPLICA_MAX_LAG": str(max_lag),
+    }
 
 
 def serve_replica_app(
@@ -31,13 +47,23 @@ def serve_replica_app(
         workers=2,
         threads=4,
         preload=preload,
-        env={
-            "PRIMARY_URL": cluster.primary.url,
-            "REPLICA_URLS": " ".join(r.url for r in cluster.replicas),
-            "REPLICA_BACKOFF": "0.5",
-            "REPLICA_MAX_LAG": str(max_lag),
-        },
+        env=replica_env(cluster, max_lag),
     )
+
+
+@contextmanager
+def uwsgi_serving_replica_app(
+    cluster: Cluster, log_dir: Path, max_lag: float
+) -> Iterator[Gunicorn]:
+    """uWSGI's default mode, two processes: the master imports the app, then forks them from C."""
+    server = launch(
+        "uwsgi", "replicas.replica_app:app", env=replica_env(cluster, max_lag), log_dir=log_dir
+    )
+    try:
+        yield server
+    finally:
+        problems = server.stop()
+        assert not problems, "\n\n".join(problems)
 
 
 @pytest.fixture
@@ -148,22 +174,39 @@ def test_a_failed_commit_answers_500_with_no_token_and_writes_nothing(
 
 
 @pytest.mark.parametrize(
-    "preload", [pytest.param(False, id="app-per-worker"), pytest.param(True, id="preload")]
+    "served_by",
+    [
+        pytest.param("gunicorn", id="app-per-worker"),
+        pytest.param("gunicorn --preload", id="preload"),
+        # No --lazy-apps, no --enable-threads: the monitor's thread must run anyway.
+        pytest.param("uwsgi", id="uwsgi-prefork"),
+    ],
 )
 def test_a_replica_behind_the_lag_bound_serves_no_read_in_any_worker(
-    gunicorn: Serve, cluster: Cluster, preload: bool
+    gunicorn: Serve, cluster: Cluster, tmp_path: Path, served_by: str
 ) -> None:
-    server = serve_replica_app(gunicorn, cluster, preload=preload, max_lag=1)
-    # A worker starts measuring at its first request (with --preload the
-    # master, which serves none, never measures, so it never forks mid-measure).
-    pids: set[int] = set()
-    assert until(lambda: pids.add(Client(server).json("GET", "/pid")[1]["pid"]) or len(pids) == 2)
-    fast, slow = cluster.replicas
-    slow.set_delay(3)
-    with writing_on(cluster):
-        time.sleep(3)  # 2-3 s behind from now on; every worker has measured it
-        ports = served_ports(lambda: Client(server).json("GET", "/where")[1], 40)
-    assert ports == {fast.port}
+    with ExitStack() as stack:
+        if served_by == "uwsgi":
+            server = stack.enter_context(uwsgi_serving_replica_app(cluster, tmp_path, max_lag=1))
+        else:
+            server = serve_replica_app(
+                gunicorn, cluster, preload=served_by.endswith("--preload"), max_lag=1
+            )
+        # A worker starts measuring at its first routed request (a preloading
+        # master serves none, so it never measures and never forks mid-measure).
+        pids: set[int] = set()
+
+        def every_worker_served() -> bool:
+            pids.update(answer["pid"] for answer in fan_out(server, "/pid", 8, 4))
+            return len(pids) == 2
+
+        assert until(every_worker_served)
+        fast, slow = cluster.replicas
+        slow.set_delay(3)
+        with writing_on(cluster):
+            time.sleep(3)  # 2-3 s behind from now on; every worker has measured it
+            ports = served_ports(lambda: Client(server).json("GET", "/where")[1], 40)
+        assert ports == {fast.port}
 
 
 @pytest.mark.parametrize(
