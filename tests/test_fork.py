@@ -13,12 +13,14 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import celery
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.orm import scoped_session, sessionmaker
 from support import make_engine
 
-from wsgi_sqla import SessionMiddleware, fork_safe
+from wsgi_sqla import SessionMiddleware, fork_safe, transaction
+from wsgi_sqla.celery import task_base
 
 SERVERS = pytest.mark.parametrize("db_name", ["postgresql", "mariadb"], indirect=True)
 
@@ -31,7 +33,15 @@ def fresh(engine: Engine) -> Iterator[Engine]:
     own.dispose()
 
 
-def backend_query(engine: Engine) -> str:
+@pytest.fixture
+def fresh_pinging(engine: Engine) -> Iterator[Engine]:
+    """Like ``fresh``, with ``pool_pre_ping=True``."""
+    own = make_engine(engine.url.render_as_string(hide_password=False), pool_pre_ping=True)
+    yield own
+    own.dispose()
+
+
+def backend_query(engine: Engine | Connection) -> str:
     """The statement that names the server-side id of the connection it runs on."""
     if engine.dialect.name == "postgresql":
         return "SELECT pg_backend_pid()"
@@ -97,9 +107,26 @@ def test_child_of_a_fork_safe_engine_opens_its_own_connection(
     assert backend(fresh) == parents, "the child closed the parent's connection"
 
 
+#: Each owner of units of work, built over a scoped session.
+OWNERS = pytest.mark.parametrize(
+    "owner",
+    [
+        pytest.param(
+            lambda db: SessionMiddleware(lambda environ, start_response: [], db),
+            id="SessionMiddleware",
+        ),
+        pytest.param(transaction, id="transaction"),
+        pytest.param(task_base, id="task_base"),
+    ],
+)
+
+
 @SERVERS
-def test_session_middleware_makes_its_sessions_engines_fork_safe(fresh: Engine) -> None:
-    SessionMiddleware(lambda environ, start_response: [], scoped_session(sessionmaker(bind=fresh)))
+@OWNERS
+def test_each_owner_of_units_makes_its_sessions_engines_fork_safe(
+    fresh: Engine, owner: Callable[[scoped_session[Any]], object]
+) -> None:
+    owner(scoped_session(sessionmaker(bind=fresh)))
     parents = backend(fresh)
     assert in_child(lambda: backend(fresh)) != parents
 
@@ -146,3 +173,68 @@ def test_without_fork_hooks_a_request_in_the_child_gets_a_connection_of_its_own(
 
     assert in_child(request, libc_fork) != parents
     assert backend(fresh) == parents, "the child closed the parent's connection"
+
+
+# -- pool_pre_ping in a child forked without hooks ---------------------------------
+
+
+def last_statement(engine: Engine, backend_pid: int) -> str:
+    """What the PostgreSQL backend ``backend_pid`` last ran, asked over another connection."""
+    with engine.connect() as connection:
+        sql = text("SELECT query FROM pg_stat_activity WHERE pid = :pid")
+        return str(connection.execute(sql, {"pid": backend_pid}).scalar_one())
+
+
+@pytest.mark.parametrize("db_name", ["postgresql"], indirect=True)
+def test_without_fork_hooks_a_pre_pinging_engine_pings_over_the_parents_connection(
+    engine: Engine, fresh_pinging: Engine
+) -> None:
+    """The hazard: the ping runs before any checkout listener can refuse the connection.
+
+    Only PostgreSQL says what a backend last ran (MariaDB's ping is a protocol
+    command that leaves no trace); shows that the tests below can fail.
+    """
+    fork_safe(fresh_pinging)
+    parents = backend(fresh_pinging)
+    before = last_statement(engine, parents)
+    assert in_child(lambda: backend(fresh_pinging), libc_fork) != parents
+    assert last_statement(engine, parents) != before  # the child's ping
+
+
+def in_a_transaction_block(db: scoped_session[Any]) -> Callable[[], int]:
+    """A script's block, which builds its transaction() in the child."""
+
+    def block() -> int:
+        with transaction(db):
+            return int(db.execute(text(backend_query(db.get_bind()))).scalar_one())
+
+    return block
+
+
+def in_a_task(db: scoped_session[Any]) -> Callable[[], int]:
+    """A Celery task, defined before the fork and called as a worker calls it (no broker)."""
+
+    @celery.Celery("wsgi_sqla-tests", set_as_current=False).task(base=task_base(db))
+    def which_backend() -> int:
+        return int(db.execute(text(backend_query(db.get_bind()))).scalar_one())
+
+    return lambda: int(which_backend())
+
+
+@pytest.mark.parametrize("db_name", ["postgresql"], indirect=True)
+@pytest.mark.parametrize(
+    "unit",
+    [
+        pytest.param(in_a_transaction_block, id="transaction"),
+        pytest.param(in_a_task, id="task"),
+    ],
+)
+def test_without_fork_hooks_a_unit_outside_a_request_never_pings_over_the_parents_connection(
+    engine: Engine, fresh_pinging: Engine, unit: Callable[[scoped_session[Any]], Callable[[], int]]
+) -> None:
+    db = scoped_session(sessionmaker(bind=fresh_pinging))
+    work = unit(db)
+    parents = backend(fresh_pinging)
+    before = last_statement(engine, parents)
+    assert in_child(work, libc_fork) != parents
+    assert last_statement(engine, parents) == before

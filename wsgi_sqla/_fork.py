@@ -15,23 +15,29 @@ Three guards, each cheap, so that no server setting is needed:
    (SQLAlchemy's documented cure): it starts with an empty pool of its own
    and leaves the inherited connections untouched, so the parent can go on
    using them.
-2. A process check at the start of each request (:func:`adopt_pools`, one
-   ``os.getpid()``): a server that forks from C without running Python's
-   fork hooks (uWSGI by default, unless ``--py-call-osafterfork``) is caught
-   before the request checks anything out, and the inherited pools are
-   dropped the same way. This runs before ``pool_pre_ping`` could send a
-   ping over a socket another process also uses.
+2. A process check at the start of each unit of work (:func:`adopt_pools`,
+   one ``os.getpid()``; a request, a ``transaction()`` block, a task): a
+   server that forks from C without running Python's fork hooks (uWSGI by
+   default, unless ``--py-call-osafterfork``) is caught before the unit
+   checks anything out, and the inherited pools are dropped the same way.
+   This runs before ``pool_pre_ping`` could send a ping over a socket
+   another process also uses.
 3. SQLAlchemy's pool-event recipe for whatever else checks out a
    connection in a child (a script, a thread started before any request):
    the pid is recorded on ``connect``, and on ``checkout`` a connection
    opened by another process is detached from its record (so the child
    never closes the parent's socket, which would end the parent's session)
    and refused with :class:`~sqlalchemy.exc.DisconnectionError`; the pool
-   then opens a fresh one.
+   then opens a fresh one. A pre-pinging engine has pinged by then: used
+   outside any unit in a child forked from C, it can send that one ping
+   over the inherited socket.
 
-:class:`~wsgi_sqla.SessionMiddleware` does all of this by itself for the
-engines its sessions are bound to; call :func:`fork_safe` for any other
-engine.
+:class:`~wsgi_sqla.SessionMiddleware`, :func:`~wsgi_sqla.transaction` and the
+Celery base (:class:`~wsgi_sqla.celery.SessionTask`,
+:func:`~wsgi_sqla.celery.task_base`) do all of this by themselves for the
+engines their sessions are bound to, so a ``multiprocessing`` or Celery
+prefork child never talks over its parent's connection; call
+:func:`fork_safe` for any other engine.
 """
 
 from __future__ import annotations
@@ -79,7 +85,9 @@ def fork_safe(engine: Engine) -> Engine:
     with _lock:
         if engine in _engines:
             return engine
-        _engines[engine] = os.getpid()
+        # The owner, not this pid: in a child that has not adopted its pools
+        # yet, an engine first registered here may hold the parent's connections.
+        _engines[engine] = _owner
         event.listen(engine, "connect", _record_pid)
         event.listen(engine, "checkout", _refuse_foreign)
         if not _hook_registered and hasattr(os, "register_at_fork"):

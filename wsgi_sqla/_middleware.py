@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import scoped_session
 
-from ._fork import adopt_pools, dispose_in_children
+from ._fork import dispose_in_children
 from ._replicas import RoutedUnit, Router, default_replica_reads
 from ._retry import DEFAULT_RETRY_BODY_LIMIT, RetryPolicy
 from ._transient import is_transient_error
@@ -203,7 +203,6 @@ class SessionMiddleware:
             self._request = RoutedRequestUnit
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        adopt_pools()
         try:
             if self.retry is not None:
                 return self.retry.run(self._attempt, environ, start_response)

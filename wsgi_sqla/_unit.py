@@ -40,6 +40,8 @@ from typing import Any, Literal
 from sqlalchemy.orm import scoped_session
 from sqlalchemy.util import ThreadLocalRegistry
 
+from ._fork import adopt_pools
+
 __all__ = [
     "Outcome",
     "StaleSessionWarning",
@@ -158,6 +160,8 @@ class UnitOfWork:
         :class:`StaleSessionWarning`: it belongs to no unit, so committing it
         with this one could make an earlier request's work permanent.
         """
+        # Before anything is checked out: a forked child first drops its parent's pools.
+        adopt_pools()
         self.sessions: tuple[scoped_session[Any], ...] = sessions
         self._forced: Outcome | None = None
         self._pending_hooks: list[_Hook] | None = None

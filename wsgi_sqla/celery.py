@@ -46,6 +46,7 @@ from celery import Task
 from sqlalchemy import Engine
 from sqlalchemy.orm import scoped_session
 
+from ._fork import dispose_in_children
 from ._replicas import Router, committed_positions
 from ._unit import UnitOfWork, check_sessions, unit_of_work
 
@@ -101,6 +102,7 @@ class SessionTask(Task[_P, _R_co]):
         owner = cls.__qualname__
         if "sessions" in cls.__dict__:
             cls.sessions = check_sessions(cls.__dict__["sessions"], f"{owner}.sessions")
+            dispose_in_children(cls.sessions)
         if "replicas" in cls.__dict__ or "replica_max_lag" in cls.__dict__:
             cls._router = None
             if cls.replicas is not None:
