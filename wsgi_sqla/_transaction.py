@@ -67,7 +67,10 @@ class transaction:  # lower case: used like a function, as contextlib.suppress i
       run once after the commit, never after a rollback;
     * a session left in the registry by code that ran outside any unit is
       rolled back and removed first (with a
-      :class:`~wsgi_sqla.StaleSessionWarning`), never committed by this block.
+      :class:`~wsgi_sqla.StaleSessionWarning`), never committed by this block;
+    * in a forked child (a ``multiprocessing`` worker) the block never uses a
+      connection of the parent: the sessions' engines are made
+      :func:`~wsgi_sqla.fork_safe`.
 
     Inside a running unit of work (a request wrapped by the middleware, an
     enclosing ``transaction()``, a Celery task) the block joins that unit:

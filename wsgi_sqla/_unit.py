@@ -156,11 +156,14 @@ class UnitOfWork:
     def __init__(self, sessions: tuple[scoped_session[Any], ...]) -> None:
         """Start a unit over ``sessions``, discarding sessions left by an earlier one.
 
+        In a process forked since the pools of :func:`~wsgi_sqla.fork_safe`
+        engines were made, those inherited pools are dropped first, before
+        anything is checked out.
+
         A session still in a registry is rolled back and removed, with a
         :class:`StaleSessionWarning`: it belongs to no unit, so committing it
         with this one could make an earlier request's work permanent.
         """
-        # Before anything is checked out: a forked child first drops its parent's pools.
         adopt_pools()
         self.sessions: tuple[scoped_session[Any], ...] = sessions
         self._forced: Outcome | None = None

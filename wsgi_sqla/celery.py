@@ -83,6 +83,8 @@ class SessionTask(Task[_P, _R_co]):
       once after the commit, and never when it rolled back;
     * inside an already running unit of work (a direct or eager call from a
       view or a ``transaction()`` block) the body joins that unit instead;
+    * a prefork worker never uses a connection of the process it was forked
+      from: the sessions' engines are made :func:`~wsgi_sqla.fork_safe`;
     * with ``replicas`` set, a call runs on a replica only if the replica has
       replayed the commit the task was enqueued after (if any), and on the
       primary otherwise; a write there raises
