@@ -9,7 +9,9 @@ by the task's own unit of work.
 ``DATABASE_URL`` says where the database is, ``BROKER_DIR`` where the
 filesystem broker keeps its messages (no broker server needed), and
 ``TASK_BASE`` which base the task has: ``wsgi_sqla`` (``task_base(db)``) or
-``plain`` (Celery's own ``Task``, committing by hand: the control).
+``plain`` (Celery's own ``Task``, committing by hand: the control). The
+task is not shared (``shared=False``): the test process imports this module
+too, and a shared task would join every Celery app it creates afterwards.
 """
 
 from __future__ import annotations
@@ -68,13 +70,13 @@ def record(role: str) -> None:
 
 if WSGI_SQLA:
 
-    @app.task(name="prefork_app.which_backend", base=task_base(db))
+    @app.task(name="prefork_app.which_backend", base=task_base(db), shared=False)
     def which_backend() -> None:
         record("task")
 
 else:
 
-    @app.task(name="prefork_app.which_backend", base=Task)
+    @app.task(name="prefork_app.which_backend", base=Task, shared=False)
     def which_backend() -> None:
         try:
             record("task")
@@ -84,8 +86,10 @@ else:
 
 
 @worker_init.connect
-def startup_check(**_: Any) -> None:
+def startup_check(sender: Any, **_: Any) -> None:
     """In the worker's main process, before its pool forks: one pooled connection."""
+    if getattr(sender, "app", None) is not app:
+        return  # another app's worker (the test process imports this module too)
     try:
         record("main")
         db.commit()
