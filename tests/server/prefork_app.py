@@ -2,9 +2,9 @@
 
 Its ``worker_init`` handler touches the database, as an application's
 start-up check would: the worker's main process then holds a pooled
-connection when its prefork pool forks the children. Each task records which process ran it
-and which server-side connection it used, in ``prefork_calls``, committed
-by the task's own unit of work.
+connection when its prefork pool forks the children. Each task records
+which process ran it and which server-side connection it used, in
+``prefork_calls``, committed by the task's own unit of work.
 
 ``DATABASE_URL`` says where the database is, ``BROKER_DIR`` where the
 filesystem broker keeps its messages (no broker server needed), and
@@ -34,7 +34,7 @@ class Base(DeclarativeBase):
 class Call(Base):
     __tablename__ = "prefork_calls"
     id: Mapped[int] = mapped_column(primary_key=True)
-    role: Mapped[str] = mapped_column(String(20))  # "main" (at import) or "task"
+    role: Mapped[str] = mapped_column(String(20))  # "main" (the worker_init check) or "task"
     pid: Mapped[int] = mapped_column(Integer)
     backend: Mapped[int] = mapped_column(Integer)
 

@@ -258,6 +258,16 @@ def fan_out(server: Gunicorn, path: str, count: int, threads: int) -> list[Any]:
     return [r.json() for r in replies]
 
 
+def until(check: Callable[[], bool], timeout: float = 20) -> bool:
+    """Whether ``check()`` came true within ``timeout`` seconds (polled every 0.1 s)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return False
+
+
 Serve = Callable[..., Gunicorn]
 
 

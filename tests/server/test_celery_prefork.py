@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import Engine, select
 from support import database_url
 
-from .support import HERE, ROOT, app_tables
+from .support import HERE, ROOT, app_tables, until
 
 PREFORK_APP = HERE / "prefork_app.py"
 CELERY = Path(sys.executable).with_name("celery")
@@ -78,13 +78,14 @@ def test_a_prefork_child_never_uses_the_main_processs_connection(
         for _ in range(3):
             sender.send_task("prefork_app.which_backend")
         Call = module.Call
-        deadline = time.monotonic() + 60
-        while True:
+        rows: list[tuple[str, int, int]] = []
+
+        def every_task_recorded() -> bool:
             with engine.connect() as connection:
-                rows = connection.execute(select(Call.role, Call.pid, Call.backend)).all()
-            if sum(role == "task" for role, _, _ in rows) == 3 or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
+                rows[:] = connection.execute(select(Call.role, Call.pid, Call.backend)).all()
+            return sum(role == "task" for role, _, _ in rows) == 3
+
+        until(every_task_recorded, timeout=60)
     (main,) = [(pid, backend) for role, pid, backend in rows if role == "main"]
     tasks = [(pid, backend) for role, pid, backend in rows if role == "task"]
     assert len(tasks) == 3, (tasks, (tmp_path / "celery.log").read_text())

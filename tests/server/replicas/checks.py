@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -80,16 +79,6 @@ def writing_on(cluster: Cluster, every: float = 0.05) -> Iterator[None]:
 def served_ports(get: Callable[[], dict[str, Any]], times: int) -> set[int]:
     """The ports of the servers that answered ``times`` calls of ``get``."""
     return {int(get()["port"]) for _ in range(times)}
-
-
-def until(check: Callable[[], bool], timeout: float = 20) -> bool:
-    """Whether ``check()`` came true within ``timeout`` seconds (polled every 0.1 s)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @contextmanager

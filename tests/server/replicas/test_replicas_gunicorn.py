@@ -22,8 +22,8 @@ import pytest
 from wsgi_sqla import POSITION_COOKIE, POSITION_HEADER
 
 from ..launchers import launch
-from ..support import Gunicorn, Reply, Serve, fan_out
-from .checks import rows_everywhere, served_ports, until, writing_on
+from ..support import Gunicorn, Reply, Serve, fan_out, until
+from .checks import rows_everywhere, served_ports, writing_on
 from .cluster import Cluster
 
 

@@ -20,13 +20,13 @@ from sqlalchemy.orm import scoped_session, sessionmaker
 import wsgi_sqla
 from wsgi_sqla import POSITION_COOKIE, POSITION_HEADER, ReplicaWriteError, SessionMiddleware
 
+from ..support import until
 from .checks import (
     app_over,
     client_connection_ids,
     counting_all,
     rows_everywhere,
     served_ports,
-    until,
     writing_on,
 )
 from .cluster import Cluster
