@@ -228,37 +228,38 @@ def test_a_swallowed_deadlock_on_mariadb_answers_500_and_commits_nothing(
     if engine.dialect.name not in ("mysql", "mariadb"):
         pytest.skip("MariaDB rolls back the whole transaction on a deadlock")
     with engine.begin() as connection:
-        connection.execute(insert(models.User), [{"name": "ann"}, {"name": "bob"}])
-    other = engine.connect()
-    other_started = threading.Event()
+        connection.execute(
+            insert(models.User), [{"id": 1, "name": "ann"}, {"id": 2, "name": "bob"}]
+        )
+    rival = engine.connect()
+    # The heavier transaction, so that InnoDB picks the view's as the deadlock victim.
+    rival.execute(insert(models.User), [{"name": f"filler{i}"} for i in range(50)])
+    rival.execute(text("UPDATE wsgi_sqla_users SET name = 'bob2' WHERE id = 2"))
     view_waiting = threading.Event()
 
-    def rival() -> None:
-        # The heavier transaction, so that InnoDB picks the view's as the deadlock victim.
-        other.execute(insert(models.User), [{"name": f"filler{i}"} for i in range(50)])
-        other.execute(text("UPDATE wsgi_sqla_users SET name = 'bob2' WHERE name = 'bob'"))
-        other_started.set()
+    def close_the_cycle() -> None:
         view_waiting.wait(10)
-        threading.Event().wait(0.3)  # let the view's UPDATE start waiting for bob
-        other.execute(text("UPDATE wsgi_sqla_users SET name = 'ann2' WHERE name = 'ann'"))
-        other.rollback()
+        threading.Event().wait(0.5)  # let the view's UPDATE start waiting for bob
+        rival.execute(text("UPDATE wsgi_sqla_users SET name = 'ann2' WHERE id = 1"))
+        rival.rollback()
 
     def work(models: Models, session: scoped_session[Any]) -> None:
         _core_insert(models, session, "carl")
-        session.execute(text("UPDATE wsgi_sqla_users SET name = 'ann1' WHERE name = 'ann'"))
-        other_started.wait(10)
+        session.execute(text("UPDATE wsgi_sqla_users SET name = 'ann1' WHERE id = 1"))
         view_waiting.set()
         try:
-            session.execute(text("UPDATE wsgi_sqla_users SET name = 'bob1' WHERE name = 'bob'"))
+            session.execute(text("UPDATE wsgi_sqla_users SET name = 'bob1' WHERE id = 2"))
         except OperationalError as exc:
-            assert exc.orig.args[0] == 1213, exc  # a deadlock, the view the victim
-        _core_insert(models, session, "dave")  # runs in a new transaction the server began
+            assert exc.orig is not None and exc.orig.args[0] == 1213, exc  # the view the victim
+        else:
+            raise AssertionError("no deadlock: the test did not set up its cycle")
+        _core_insert(models, session, "dave")  # in a new transaction the server began
 
-    thread = threading.Thread(target=rival)
+    thread = threading.Thread(target=close_the_cycle)
     thread.start()
     try:
         assert run_request(models, session, work).startswith("500")
     finally:
         thread.join(20)
-        other.close()
+        rival.close()
     assert probe.names() == ["ann", "bob"]
