@@ -33,7 +33,7 @@ import contextlib
 import logging
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 from sqlalchemy.orm import scoped_session
@@ -55,6 +55,7 @@ __all__ = [
     "StaleSessionWarning",
     "UnitOfWork",
     "after_commit",
+    "REMOVED_KEYWORDS",
     "check_seconds",
     "check_sessions",
     "current",
@@ -62,6 +63,7 @@ __all__ = [
     "force_commit",
     "force_rollback",
     "is_live",
+    "refuse_removed",
     "unit_of_work",
 ]
 
@@ -132,6 +134,34 @@ def check_sessions(sessions: Iterable[object], owner: str) -> tuple[scoped_sessi
         )
     watch(checked)
     return tuple(checked)
+
+
+#: Keywords removed before 1.0, with what to write instead.
+REMOVED_KEYWORDS: dict[str, str] = {
+    "retries": "retry=Retry(3)",
+    "retry_if": "retry=Retry(3, when=...)",
+    "retry_body_limit": "retry=Retry(3, body_limit=...)",
+    "retry_backoff": "retry=Retry(3, backoff=...)",
+    "replica_reads": "replicas=Replicas({db: [...]}, reads=...)",
+    "position_secret": "replicas=Replicas({db: [...]}, secret=...)",
+    "replica_backoff": "replicas=Replicas({db: [...]}, backoff=...)",
+    "position_max_age": "replicas=Replicas({db: [...]}, token_max_age=...)",
+    "replica_max_lag": "replicas=Replicas({db: [...]}, max_lag=...)",
+}
+
+
+def refuse_removed(owner: str, given: Mapping[str, object]) -> None:
+    """Raise ``TypeError`` for the first keyword in ``given``, naming its new spelling.
+
+    For the ``**removed`` catch-all of a public signature: a keyword the
+    package took before 1.0 gets the configuration object that replaced it,
+    any other the usual "unexpected keyword argument".
+    """
+    for name in given:
+        spelling = REMOVED_KEYWORDS.get(name)
+        if spelling is None:
+            raise TypeError(f"{owner} got an unexpected keyword argument {name!r}")
+        raise TypeError(f"{owner}: {name}= was removed; write {spelling}")
 
 
 def check_seconds(value: object, name: str, owner: str) -> float:
