@@ -51,11 +51,11 @@ from ._rejected import (
 )
 
 __all__ = [
+    "REMOVED_KEYWORDS",
     "Outcome",
     "StaleSessionWarning",
     "UnitOfWork",
     "after_commit",
-    "REMOVED_KEYWORDS",
     "check_seconds",
     "check_sessions",
     "current",
