@@ -13,6 +13,7 @@ what comes after it.
 from __future__ import annotations
 
 import logging
+import pickle
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +24,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import scoped_session
 from support import Models, Probe, answering, serve
 
-from wsgi_sqla import RejectedWorkError, SessionMiddleware, transaction
+from wsgi_sqla import CommitInDoubtError, RejectedWorkError, SessionMiddleware, transaction
 from wsgi_sqla.testing import isolated
 
 Work = Callable[[Models, scoped_session[Any]], None]
@@ -263,3 +264,11 @@ def test_a_swallowed_deadlock_on_mariadb_answers_500_and_commits_nothing(
         thread.join(20)
         rival.close()
     assert probe.names() == ["ann", "bob"]
+
+
+@pytest.mark.parametrize("error_class", [RejectedWorkError, CommitInDoubtError])
+def test_the_errors_survive_pickling_with_their_message(error_class: type[Exception]) -> None:
+    """A Celery result backend and multiprocessing rebuild them from their args."""
+    rebuilt = pickle.loads(pickle.dumps(error_class("nothing committed", ValueError("cause"))))
+    assert type(rebuilt) is error_class
+    assert str(rebuilt) == "nothing committed"

@@ -109,7 +109,9 @@ class RejectedWorkError(Exception):
     connection).
     """
 
-    def __init__(self, message: str, error: BaseException | None) -> None:
+    def __init__(self, message: str, error: BaseException | None = None) -> None:
+        # Only the message in args: rebuilt from them (pickle, a Celery result),
+        # the exception is still a RejectedWorkError, without its cause.
         super().__init__(message)
         #: The first exception the database raised for this unit's transaction.
         self.error: BaseException | None = error
@@ -125,10 +127,10 @@ class CommitInDoubtError(Exception):
     error, also the ``__cause__``.
     """
 
-    def __init__(self, message: str, error: BaseException) -> None:
-        super().__init__(message)
-        #: The exception ``COMMIT`` raised.
-        self.error: BaseException = error
+    def __init__(self, message: str, error: BaseException | None = None) -> None:
+        super().__init__(message)  # only the message in args, as RejectedWorkError
+        #: The exception ``COMMIT`` raised (``None`` once rebuilt from a pickle).
+        self.error: BaseException | None = error
 
 
 def in_doubt(error: BaseException) -> bool:
