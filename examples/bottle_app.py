@@ -14,7 +14,7 @@ import bottle
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from wsgi_sqla import SessionMiddleware, report_bottle_exceptions
+from wsgi_sqla import Retry, SessionMiddleware, report_bottle_exceptions
 
 from .models import User, db
 
@@ -87,4 +87,4 @@ def rename_then_fail(user_id: int) -> str:
 # A deadlock or serialization failure runs the request again (up to 3 times);
 # Bottle turns route exceptions into 500s, so it hands them to the middleware first.
 report_bottle_exceptions(bottle_app)
-app = SessionMiddleware(bottle_app, db, retries=3)
+app = SessionMiddleware(bottle_app, db, retry=Retry(3))

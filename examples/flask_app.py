@@ -25,7 +25,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from wsgi_sqla import SessionMiddleware, report_flask_exceptions, transaction
+from wsgi_sqla import Retry, SessionMiddleware, report_flask_exceptions, transaction
 
 from .models import User, db
 
@@ -101,4 +101,4 @@ def add_users(names: tuple[str, ...]) -> None:
 # A deadlock or serialization failure runs the request again (up to 3 times);
 # Flask turns view exceptions into 500s, so it hands them to the middleware first.
 report_flask_exceptions(app)
-app.wsgi_app = SessionMiddleware(app.wsgi_app, db, retries=3)  # type: ignore[method-assign]
+app.wsgi_app = SessionMiddleware(app.wsgi_app, db, retry=Retry(3))  # type: ignore[method-assign]

@@ -41,7 +41,7 @@ from sqlalchemy.exc import OperationalError
 from support import Boom, Models, Probe, serve
 
 import wsgi_sqla._retry
-from wsgi_sqla import SessionMiddleware, force_commit, force_rollback
+from wsgi_sqla import Retry, SessionMiddleware, force_commit, force_rollback
 from wsgi_sqla._middleware import ERROR_HEADERS
 
 RETRIES = 2
@@ -199,7 +199,7 @@ def test_database_matches_what_the_server_saw(
         connection.execute(text("DELETE FROM wsgi_sqla_pledges"))
         connection.execute(text("DELETE FROM wsgi_sqla_users"))
     seen = Seen()
-    middleware = SessionMiddleware(application(b, seen, models), session, retries=RETRIES)
+    middleware = SessionMiddleware(application(b, seen, models), session, retry=Retry(RETRIES))
     exchange = serve(middleware, on_start_response=probe.names, disconnect_after=b.hang_up_after)
     committed = probe.names()
 

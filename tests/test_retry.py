@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from support import Exchange, Models, Probe, make_engine, serve
 
 import wsgi_sqla._retry
 from wsgi_sqla import (
+    Retry,
     SessionMiddleware,
     after_commit,
     is_transient_error,
@@ -266,20 +268,22 @@ def run(session: Any, models: Models, delays: list[float]) -> Run:
 @pytest.mark.parametrize(
     ("case", "names"),
     [
-        pytest.param(Flaky(2, {"retries": 3}), ["ann-3"], id="until-it-succeeds"),
-        pytest.param(Flaky(1, {"retries": 1}, mariadb_deadlock), ["ann-2"], id="mariadb-deadlock"),
+        pytest.param(Flaky(2, {"retry": Retry(3)}), ["ann-3"], id="until-it-succeeds"),
         pytest.param(
-            Flaky(1, {"retries": 1, "retry_if": busy_is_transient}, Busy),
+            Flaky(1, {"retry": Retry(1)}, mariadb_deadlock), ["ann-2"], id="mariadb-deadlock"
+        ),
+        pytest.param(
+            Flaky(1, {"retry": Retry(1, when=busy_is_transient)}, Busy),
             ["ann-2"],
             id="custom-retry_if-decides-what-is-transient",
         ),
         pytest.param(
-            Flaky(1, {"retries": 3, "retry_body_limit": 10}, request={"body": b"x" * 10}),
+            Flaky(1, {"retry": Retry(3, body_limit=10)}, request={"body": b"x" * 10}),
             ["xxxxxxxxxx-2"],
             id="body-at-the-limit",
         ),
         pytest.param(
-            Flaky(1, {"retries": 1}, request={"method": "GET"}),
+            Flaky(1, {"retry": Retry(1)}, request={"method": "GET"}),
             ["-2"],
             id="request-without-a-body",
         ),
@@ -301,26 +305,26 @@ def test_transient_error_reruns_the_request_until_it_succeeds(
     ("case", "raised", "runs"),
     [
         pytest.param(
-            Flaky(10, {"retries": 2}),
+            Flaky(10, {"retry": Retry(2)}),
             OperationalError,
             3,
             id="last-error-when-the-retries-are-used-up",
         ),
         pytest.param(
-            Flaky(1, {"retries": 3}, lambda: RuntimeError("bug")),
+            Flaky(1, {"retry": Retry(3)}, lambda: RuntimeError("bug")),
             RuntimeError,
             1,
             id="error-that-is-not-transient",
         ),
         pytest.param(Flaky(1, {}), OperationalError, 1, id="retries-are-off-by-default"),
         pytest.param(
-            Flaky(1, {"retries": 3, "retry_body_limit": 10}, request={"body": b"x" * 11}),
+            Flaky(1, {"retry": Retry(3, body_limit=10)}, request={"body": b"x" * 11}),
             OperationalError,
             1,
             id="body-larger-than-the-limit",
         ),
         pytest.param(
-            Flaky(1, {"retries": 3}, request={"body": b"ann", "environ": CHUNKED}),
+            Flaky(1, {"retry": Retry(3)}, request={"body": b"ann", "environ": CHUNKED}),
             OperationalError,
             1,
             id="body-of-unknown-length",
@@ -342,7 +346,7 @@ def test_each_attempt_reads_the_whole_request_body(
     session: Any, models: Models, delays: list[float]
 ) -> None:
     app, attempts = flaky(models, failures=2)
-    serve(SessionMiddleware(app, session, retries=2), body=b"x" * 70_000)
+    serve(SessionMiddleware(app, session, retry=Retry(2)), body=b"x" * 70_000)
     assert [a["body"] for a in attempts] == [b"x" * 70_000] * 3
 
 
@@ -350,7 +354,7 @@ def test_each_attempt_gets_a_fresh_copy_of_the_environ(
     session: Any, models: Models, delays: list[float]
 ) -> None:
     app, attempts = flaky(models, failures=1)
-    serve(SessionMiddleware(app, session, retries=1), body=b"ann")
+    serve(SessionMiddleware(app, session, retry=Retry(1)), body=b"ann")
     assert [a["marked"] for a in attempts] == [False, False]
 
 
@@ -375,7 +379,7 @@ def test_retry_if_that_raises_is_logged_and_the_original_error_propagates(
         raise ValueError("broken predicate")
 
     app, attempts = flaky(models, failures=1)
-    result = serve(SessionMiddleware(app, session, retries=3, retry_if=broken), body=b"ann")
+    result = serve(SessionMiddleware(app, session, retry=Retry(3, when=broken)), body=b"ann")
     assert isinstance(result.error, OperationalError)
     assert len(attempts) == 1
     assert "retry_if" in caplog.text and "broken predicate" in caplog.text
@@ -408,7 +412,7 @@ def test_no_retry_once_part_of_the_response_reached_the_server(
         attempts.append(1)
         return app(environ, start_response)
 
-    result = serve(SessionMiddleware(counted, session, retries=3), body=b"ann")
+    result = serve(SessionMiddleware(counted, session, retry=Retry(3)), body=b"ann")
     assert isinstance(result.error, OperationalError)
     assert (result.start_responses, result.body) == (1, b"partial")
     assert attempts == [1]
@@ -428,7 +432,7 @@ def test_error_reported_after_the_response_started_changes_nothing(
         report_exception(environ, serialization_failure())
         return [b""]
 
-    result = serve(SessionMiddleware(app, session, retries=3), body=b"ann")
+    result = serve(SessionMiddleware(app, session, retry=Retry(3)), body=b"ann")
     assert (result.status, result.error) == ("200 OK", None)
     assert attempts == [1]
     assert probe.names() == ["after", "before"]
@@ -447,7 +451,7 @@ def test_lazy_generator_app_failing_before_its_status_is_retried(
         start_response("200 OK", [])
         yield b"done"
 
-    result = serve(SessionMiddleware(app, session, retries=1))
+    result = serve(SessionMiddleware(app, session, retry=Retry(1)))
     assert (result.status, result.body) == ("200 OK", b"done")
     assert probe.names() == ["ann-2"]
 
@@ -479,7 +483,7 @@ def test_serialization_failure_at_commit_is_retried(
         failed.append(exc)
         return is_transient_error(exc)
 
-    result = serve(SessionMiddleware(app, session, retries=1, retry_if=transient))
+    result = serve(SessionMiddleware(app, session, retry=Retry(1, when=transient)))
     assert result.status == "201 Created"
     assert len(attempts) == 2
     assert len(failed) == 1
@@ -489,7 +493,7 @@ def test_serialization_failure_at_commit_is_retried(
 
 def test_backoff_doubles_and_is_jittered(session: Any, models: Models, delays: list[float]) -> None:
     app, _attempts = flaky(models, failures=4)
-    serve(SessionMiddleware(app, session, retries=4, retry_backoff=0.1), body=b"ann")
+    serve(SessionMiddleware(app, session, retry=Retry(4, backoff=0.1)), body=b"ann")
     assert len(delays) == 4
     for number, delay in enumerate(delays):
         base = 0.1 * 2**number
@@ -499,7 +503,7 @@ def test_backoff_doubles_and_is_jittered(session: Any, models: Models, delays: l
 
 
 def test_backoff_is_capped_at_one_second(session: Any, models: Models) -> None:
-    policy = SessionMiddleware(lambda e, s: [], session, retries=1, retry_backoff=5).retry
+    policy = SessionMiddleware(lambda e, s: [], session, retry=Retry(1, backoff=5)).retry
     assert policy is not None
     assert all(policy.delay(8) <= 1.5 for _ in range(100))
 
@@ -519,7 +523,7 @@ def test_after_commit_hooks_of_failed_attempts_never_run(
         start_response("200 OK", [])
         return [b""]
 
-    serve(SessionMiddleware(app, session, retries=3), body=b"ann")
+    serve(SessionMiddleware(app, session, retry=Retry(3)), body=b"ann")
     assert ran == [3]
 
 
@@ -528,7 +532,7 @@ def test_each_retry_is_logged_as_a_warning(
 ) -> None:
     app, _attempts = flaky(models, failures=2)
     with caplog.at_level(logging.WARNING, logger="wsgi_sqla"):
-        serve(SessionMiddleware(app, session, retries=3), body=b"ann")
+        serve(SessionMiddleware(app, session, retry=Retry(3)), body=b"ann")
     retries = [r for r in caplog.records if "transient" in r.getMessage()]
     assert [r.levelno for r in retries] == [logging.WARNING] * 2
     assert "attempt 1 of 4" in retries[0].getMessage()
@@ -541,33 +545,47 @@ def test_each_retry_is_logged_as_a_warning(
         pytest.param("retries", -1, ValueError, "retries must be >= 0", id="retries-negative"),
         pytest.param("retries", 1.5, TypeError, "retries must be an int", id="retries-float"),
         pytest.param("retries", True, TypeError, "retries must be an int", id="retries-bool"),
-        pytest.param("retry_if", "40001", TypeError, "retry_if must be a callable", id="retry_if"),
+        pytest.param("when", "40001", TypeError, "when must be a callable", id="when"),
+        pytest.param("body_limit", -1, ValueError, "body_limit must be >= 0", id="limit-negative"),
+        pytest.param("body_limit", None, TypeError, "body_limit must be an int", id="limit-none"),
+        pytest.param("backoff", -0.1, ValueError, "backoff must be a finite", id="backoff-neg"),
         pytest.param(
-            "retry_body_limit", -1, ValueError, "retry_body_limit must be >= 0", id="limit-negative"
+            "backoff", float("nan"), ValueError, "backoff must be a fin", id="backoff-nan"
         ),
-        pytest.param(
-            "retry_body_limit", None, TypeError, "retry_body_limit must be an int", id="limit-none"
-        ),
-        pytest.param(
-            "retry_backoff", -0.1, ValueError, "retry_backoff must be a finite", id="backoff-neg"
-        ),
-        pytest.param(
-            "retry_backoff",
-            float("nan"),
-            ValueError,
-            "retry_backoff must be a fin",
-            id="backoff-nan",
-        ),
-        pytest.param(
-            "retry_backoff", "1s", TypeError, "retry_backoff must be a number", id="backoff-str"
-        ),
+        pytest.param("backoff", "1s", TypeError, "backoff must be a number", id="backoff-str"),
     ],
 )
-def test_bad_retry_keyword_is_refused_naming_it(
-    session: Any, keyword: str, value: Any, error: type[Exception], named: str
+def test_bad_retry_argument_is_refused_naming_it(
+    keyword: str, value: Any, error: type[Exception], named: str
 ) -> None:
-    with pytest.raises(error, match=f"^SessionMiddleware: {named}"):
-        SessionMiddleware(lambda e, s: [], session, **{"retries": 1, keyword: value})
+    with pytest.raises(error, match=f"^Retry: {named}"):
+        Retry(**{"retries": 1, keyword: value})
+
+
+@pytest.mark.parametrize(
+    ("keyword", "spelling"),
+    [
+        pytest.param("retries", "retry=Retry(3)", id="retries"),
+        pytest.param("retry_if", "retry=Retry(3, when=...)", id="retry_if"),
+        pytest.param("retry_body_limit", "retry=Retry(3, body_limit=...)", id="retry_body_limit"),
+        pytest.param("retry_backoff", "retry=Retry(3, backoff=...)", id="retry_backoff"),
+    ],
+)
+def test_a_removed_retry_keyword_is_refused_showing_the_new_spelling(
+    session: Any, keyword: str, spelling: str
+) -> None:
+    with pytest.raises(TypeError, match=re.escape(f"{keyword}= was removed; write {spelling}")):
+        SessionMiddleware(lambda e, s: [], session, **{keyword: 1})
+
+
+@pytest.mark.parametrize("value", [3, "3", {"retries": 3}])
+def test_retry_must_be_a_retry_object(session: Any, value: Any) -> None:
+    with pytest.raises(TypeError, match=re.escape("retry=Retry(3)")):
+        SessionMiddleware(lambda e, s: [], session, retry=value)
+
+
+def test_retry_with_no_retries_costs_nothing(session: Any) -> None:
+    assert SessionMiddleware(lambda e, s: [], session, retry=Retry(0)).retry is None
 
 
 def test_report_exception_outside_a_retrying_middleware_does_nothing(
@@ -642,7 +660,7 @@ def test_framework_hook_hands_the_view_error_to_the_middleware_for_a_retry(
     framework: Any, session: Any, models: Models, probe: Probe, delays: list[float]
 ) -> None:
     app, _attempts = framework(models, failures=2, hook=True)
-    result = post_json(SessionMiddleware(app, session, retries=3), "ann")
+    result = post_json(SessionMiddleware(app, session, retry=Retry(3)), "ann")
     assert result.status is not None and result.status.startswith("201"), result.body
     assert result.start_responses == 1
     assert json.loads(result.body) == {"attempts": 3}
@@ -669,7 +687,7 @@ def test_framework_500_goes_out_once_when_the_request_is_not_run_again(
     runs: int,
 ) -> None:
     app, attempts = framework(models, failures=failures, hook=hook)
-    result = post_json(SessionMiddleware(app, session, retries=2), "ann")
+    result = post_json(SessionMiddleware(app, session, retry=Retry(2)), "ann")
     assert result.status is not None and result.status.startswith("500")
     assert result.start_responses == 1
     assert len(attempts) == runs
@@ -683,7 +701,7 @@ def test_reported_error_rolls_back_even_when_the_veto_would_commit(
 ) -> None:
     app, attempts = framework(models, failures=1, hook=True)
     middleware = SessionMiddleware(
-        app, session, retries=1, commit_veto=lambda environ, status, headers: False
+        app, session, retry=Retry(1), commit_veto=lambda environ, status, headers: False
     )
     assert post_json(middleware, "ann").status.startswith("201")  # type: ignore[union-attr]
     assert len(attempts) == 2
@@ -695,10 +713,10 @@ def test_framework_hook_ignores_errors_that_are_not_transient(
     framework: Any, session: Any, models: Models, probe: Probe, delays: list[float]
 ) -> None:
     app, attempts = framework(models, failures=0, hook=True)
-    ok = SessionMiddleware(app, session, retries=3, retry_if=lambda exc: False)
+    ok = SessionMiddleware(app, session, retry=Retry(3, when=lambda exc: False))
     assert post_json(ok, "ann").status.startswith("201")  # type: ignore[union-attr]
     app, attempts = framework(models, failures=1, hook=True)
-    failing = SessionMiddleware(app, session, retries=3, retry_if=lambda exc: False)
+    failing = SessionMiddleware(app, session, retry=Retry(3, when=lambda exc: False))
     assert post_json(failing, "bob").status.startswith("500")  # type: ignore[union-attr]
     assert len(attempts) == 1
     assert probe.names() == ["ann"]

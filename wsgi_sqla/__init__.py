@@ -9,7 +9,7 @@
   one request, :func:`after_commit` runs code only once the data is there;
 * :class:`transaction` gives scripts and CLI commands the same unit of work
   (:class:`wsgi_sqla.celery.SessionTask` does for Celery tasks);
-* ``SessionMiddleware(..., retries=N)`` runs a request again after a
+* ``SessionMiddleware(..., retry=Retry(N))`` runs a request again after a
   transient database error (:func:`is_transient_error`), and
   :func:`fork_safe` keeps pre-forking servers from sharing connections
   between workers;
@@ -35,7 +35,7 @@ from ._replicas import (
     default_replica_reads,
     use_primary,
 )
-from ._retry import report_exception
+from ._retry import Retry, report_exception
 from ._transaction import transaction
 from ._transient import MYSQL_TRANSIENT_ERRORS, POSTGRESQL_TRANSIENT_SQLSTATES, is_transient_error
 from ._unit import (
@@ -58,6 +58,7 @@ __all__ = [
     "CommitVeto",
     "RejectedWorkError",
     "ReplicaWriteError",
+    "Retry",
     "SessionMiddleware",
     "StaleSessionWarning",
     "TransactionPoolerWarning",

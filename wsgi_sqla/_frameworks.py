@@ -3,7 +3,7 @@
 Flask and Bottle catch a view's exception and answer 500 themselves, so a
 middleware around them never sees it. For a plain request that changes
 nothing (the status is 500, so the unit rolls back), but a retrying
-middleware (``SessionMiddleware(..., retries=N)``) needs the exception
+middleware (``SessionMiddleware(..., retry=Retry(N))``) needs the exception
 itself to know whether running the request again can help. These hooks pass
 it on through :func:`~wsgi_sqla.report_exception`; other frameworks call
 that function from their own error handling.

@@ -35,13 +35,13 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import scoped_session
+from typing_extensions import Never
 
 from ._fork import dispose_in_children
 from ._rejected import CommitInDoubtError, RejectedWorkError
 from ._replicas import RoutedUnit, Router, default_replica_reads
-from ._retry import DEFAULT_RETRY_BODY_LIMIT, RetryPolicy
-from ._transient import is_transient_error
-from ._unit import UnitOfWork, check_sessions, current
+from ._retry import Retry
+from ._unit import UnitOfWork, check_sessions, current, refuse_removed
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -54,6 +54,8 @@ _ExcInfo = tuple[type[BaseException], BaseException, TracebackType]
 _OptExcInfo = _ExcInfo | tuple[None, None, None] | None
 _Headers = list[tuple[str, str]]
 _END: Any = object()
+
+_Attempt = Callable[["WSGIEnvironment", "StartResponse"], Iterable[bytes]]
 
 CommitVeto = Callable[["WSGIEnvironment", str, _Headers], bool]
 """``commit_veto(environ, status, headers) -> bool``; ``True`` means roll back."""
@@ -85,18 +87,10 @@ class SessionMiddleware:
     :param commit_veto: ``commit_veto(environ, status, headers) -> bool``,
         called with the final status string and header list; ``True`` rolls
         back. Defaults to :func:`default_commit_veto`.
-    :param retries: how many times to run a request again after a transient
-        database error, while nothing of its response was sent. ``0``, the
-        default, turns retrying off and costs nothing.
-    :param retry_if: ``retry_if(exception) -> bool``, which errors are
-        transient; defaults to :func:`~wsgi_sqla.is_transient_error`
-        (PostgreSQL and MariaDB serialization failures, deadlocks, lock
-        timeouts).
-    :param retry_body_limit: request bodies up to this many bytes are
-        buffered so that they can be replayed; a request with a larger body,
-        or one of unknown length, is not retried.
-    :param retry_backoff: seconds to wait before the first retry; doubled
-        for each further one, jittered by ±50%, capped at one second.
+    :param retry: a :class:`~wsgi_sqla.Retry` (``retry=Retry(3)``): run a
+        request again after a transient database error, while nothing of its
+        response was sent. ``None``, the default, never retries and costs
+        nothing.
     :param replicas: ``{scoped_session: [replica_engine, ...]}``: read
         replicas of each session's primary (the session must be bound to one
         engine). A request the ``replica_reads`` predicate accepts runs all its
@@ -134,9 +128,12 @@ class SessionMiddleware:
         expects; the server then answers (or, uWSGI, drops the connection).
         Once the response has begun, an exception always propagates.
     :raises TypeError: when an argument has the wrong type (``app`` or
-        ``commit_veto`` not callable, a session not a ``scoped_session``).
-    :raises ValueError: when a retry keyword is negative, or ``errors`` is
-        neither ``"respond"`` nor ``"propagate"``.
+        ``commit_veto`` not callable, a session not a ``scoped_session``,
+        ``retry`` not a :class:`~wsgi_sqla.Retry`), or is a keyword removed
+        before 1.0 (``retries=``, ``replica_max_lag=``, ...): the message
+        names the object that replaced it.
+    :raises ValueError: when ``errors`` is neither ``"respond"`` nor
+        ``"propagate"``.
 
     The engines bound to the sessions are made :func:`~wsgi_sqla.fork_safe`,
     so a server that imports the application before forking its workers
@@ -154,10 +151,7 @@ class SessionMiddleware:
         app: WSGIApplication,
         *sessions: scoped_session[Any],
         commit_veto: CommitVeto = default_commit_veto,
-        retries: int = 0,
-        retry_if: Callable[[BaseException], bool] = is_transient_error,
-        retry_body_limit: int = DEFAULT_RETRY_BODY_LIMIT,
-        retry_backoff: float = 0.01,
+        retry: Retry | None = None,
         replicas: Mapping[scoped_session[Any], Sequence[Engine]] | None = None,
         replica_reads: Callable[[WSGIEnvironment], bool] = default_replica_reads,
         position_secret: str | bytes | None = None,
@@ -165,7 +159,9 @@ class SessionMiddleware:
         position_max_age: float = 30.0,
         replica_max_lag: float | None = 30.0,
         errors: str = "respond",
+        **removed: Never,
     ) -> None:
+        refuse_removed("SessionMiddleware()", removed)
         if not callable(app):
             raise TypeError(
                 f"SessionMiddleware: app must be a WSGI application (a callable), got {app!r}"
@@ -185,8 +181,13 @@ class SessionMiddleware:
             sessions, "SessionMiddleware"
         )
         self.commit_veto = commit_veto
-        policy = RetryPolicy(retries, retry_if, retry_body_limit, retry_backoff)
-        self.retry: RetryPolicy | None = policy if policy.retries else None
+        if retry is not None and not isinstance(retry, Retry):
+            raise TypeError(
+                f"SessionMiddleware: retry must be a wsgi_sqla.Retry (retry=Retry(3)) or None, "
+                f"got {retry!r}"
+            )
+        #: How requests are run again after a transient error; ``None``: never.
+        self.retry: Retry | None = retry if retry is not None and retry.retries else None
         dispose_in_children(self.sessions)
         self.router: Router | None = None
         #: What serves one attempt of a request: chosen here, once, so that only a
@@ -202,12 +203,14 @@ class SessionMiddleware:
                 max_lag=replica_max_lag,
             )
             self._request = RoutedRequestUnit
+        #: One request, with its retries if any: bound here, so __call__ has no branch.
+        self._serve: _Attempt = self._attempt
+        if self.retry is not None:
+            self._serve = partial(self.retry.run, self._attempt)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         try:
-            if self.retry is not None:
-                return self.retry.run(self._attempt, environ, start_response)
-            return self._request(self, environ, start_response).run()
+            return self._serve(environ, start_response)
         except Exception as exc:
             if self.errors == "propagate" or getattr(exc, STARTED, False):
                 raise

@@ -10,16 +10,16 @@ been told anything: :class:`~wsgi_sqla.SessionMiddleware` decides before
 the first byte of the response reaches the server, so it knows exactly
 when that is still true.
 
-With ``SessionMiddleware(app, session, retries=3)`` a request is run up to
-four times. An attempt is retried when:
+With ``SessionMiddleware(app, session, retry=Retry(3))`` a request is run up
+to four times. An attempt is retried when:
 
-* it failed with an exception that ``retry_if`` (by default
+* it failed with an exception that ``when`` (by default
   :func:`~wsgi_sqla.is_transient_error`) calls transient, raised by the application
   or by the commit, or handed over by a framework hook
   (:func:`report_exception`) because the framework turned it into a 500;
 * and nothing of its response went to the server yet;
 * and its request body could be kept for replay: it had a
-  ``Content-Length`` no larger than ``retry_body_limit`` (or no body at
+  ``Content-Length`` no larger than ``body_limit`` (or no body at
   all). A body of unknown length (chunked) is never read ahead, and such a
   request runs once.
 
@@ -54,12 +54,13 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._rejected import CommitInDoubtError, RejectedWorkError
+from ._transient import is_transient_error
 from ._unit import check_seconds, current
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-__all__ = ["DEFAULT_RETRY_BODY_LIMIT", "ReplayGuard", "RetryPolicy", "report_exception", "sleep"]
+__all__ = ["DEFAULT_RETRY_BODY_LIMIT", "ReplayGuard", "Retry", "report_exception", "sleep"]
 
 logger = logging.getLogger("wsgi_sqla")
 
@@ -80,8 +81,8 @@ def report_exception(environ: WSGIEnvironment, exc: BaseException) -> None:
 
     Call it from the framework's error handling with the environ of the
     request. When the request runs under ``SessionMiddleware(...,
-    retries=N)`` with retries left, nothing of the response has gone out
-    yet, and ``retry_if(exc)`` is true, the attempt is rolled back and the
+    retry=Retry(N))`` with retries left, nothing of the response has gone out
+    yet, and ``when(exc)`` is true, the attempt is rolled back and the
     request runs again; the framework's error response is dropped.
     Otherwise (no retrying middleware, last attempt, not transient) this
     does nothing and the framework's response goes out as usual.
@@ -134,7 +135,7 @@ def _asks_retry(retry_if: Callable[[BaseException], bool], exc: BaseException) -
     try:
         return bool(retry_if(exc))
     except Exception:
-        logger.exception("retry_if(%r) raised; treating the error as not transient", exc)
+        logger.exception("Retry(when=...) raised for %r; treating the error as not transient", exc)
         return False
 
 
@@ -143,45 +144,61 @@ _Attempt = Callable[["WSGIEnvironment", "StartResponse"], Iterable[bytes]]
 
 def _count(name: str, value: object, meaning: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"SessionMiddleware: {name} must be an int ({meaning}), got {value!r}")
+        raise TypeError(f"Retry: {name} must be an int ({meaning}), got {value!r}")
     if value < 0:
-        raise ValueError(f"SessionMiddleware: {name} must be >= 0 ({meaning}), got {value!r}")
+        raise ValueError(f"Retry: {name} must be >= 0 ({meaning}), got {value!r}")
     return value
 
 
-class RetryPolicy:
-    """How :class:`~wsgi_sqla.SessionMiddleware` re-runs requests, from its retry keywords.
+class Retry:
+    """How :class:`~wsgi_sqla.SessionMiddleware` runs a request again: ``retry=Retry(3)``.
 
-    :raises TypeError: for a keyword of the wrong type.
+    :param retries: how many times a request may run again after its first
+        attempt failed with a transient error (``Retry(3)``: up to four
+        runs). ``0`` never retries.
+    :param when: ``when(exception) -> bool``, which errors are transient;
+        defaults to :func:`~wsgi_sqla.is_transient_error` (PostgreSQL and
+        MariaDB serialization failures, deadlocks, lock timeouts). Whatever
+        it says, a ``COMMIT`` whose outcome is unknown
+        (:class:`~wsgi_sqla.CommitInDoubtError`) is never run again.
+    :param body_limit: request bodies up to this many bytes (default 1 MiB)
+        are buffered so that they can be replayed; a request with a larger
+        body, or one of unknown length, runs once.
+    :param backoff: seconds to wait before the first retry; doubled for each
+        further one, jittered by ±50%, capped at one second.
+    :raises TypeError: for an argument of the wrong type.
     :raises ValueError: for a negative count, limit or delay.
     """
 
-    __slots__ = ("backoff", "body_limit", "retries", "retry_if")
+    __slots__ = ("backoff", "body_limit", "retries", "when")
 
     def __init__(
         self,
-        retries: int,
-        retry_if: Callable[[BaseException], bool],
-        body_limit: int,
-        backoff: float,
+        retries: int = 3,
+        *,
+        when: Callable[[BaseException], bool] = is_transient_error,
+        body_limit: int = DEFAULT_RETRY_BODY_LIMIT,
+        backoff: float = 0.01,
     ) -> None:
         self.retries: int = _count("retries", retries, "0 turns retrying off")
-        if not callable(retry_if):
-            raise TypeError(
-                "SessionMiddleware: retry_if must be a callable retry_if(exception) -> bool, "
-                f"got {retry_if!r}"
-            )
-        self.retry_if: Callable[[BaseException], bool] = retry_if
+        if not callable(when):
+            raise TypeError(f"Retry: when must be a callable when(exception) -> bool, got {when!r}")
+        self.when: Callable[[BaseException], bool] = when
         self.body_limit: int = _count(
-            "retry_body_limit", body_limit, "bytes of request body buffered for replay"
+            "body_limit", body_limit, "bytes of request body buffered for replay"
         )
-        seconds = check_seconds(backoff, "retry_backoff", "SessionMiddleware")
+        seconds = check_seconds(backoff, "backoff", "Retry")
         if not (seconds >= 0 and math.isfinite(seconds)):
             raise ValueError(
-                f"SessionMiddleware: retry_backoff must be a finite number of seconds >= 0, "
-                f"got {backoff!r}"
+                f"Retry: backoff must be a finite number of seconds >= 0, got {backoff!r}"
             )
         self.backoff: float = seconds
+
+    def __repr__(self) -> str:
+        return (
+            f"Retry({self.retries}, when={self.when!r}, body_limit={self.body_limit}, "
+            f"backoff={self.backoff})"
+        )
 
     def run(
         self, attempt: _Attempt, environ: WSGIEnvironment, start_response: StartResponse
@@ -191,15 +208,13 @@ class RetryPolicy:
         if body is None:
             return attempt(environ, start_response)
         for number in range(1, self.retries + 1):
-            guard = ReplayGuard(start_response, self.retry_if)
+            guard = ReplayGuard(start_response, self.when)
             env = _replay_environ(environ, body)
             env[_ENVIRON_KEY] = guard
             try:
                 return attempt(env, guard.start_response)
             except Exception as exc:
-                if guard.forwarded or not (
-                    exc is guard.reported or _asks_retry(self.retry_if, exc)
-                ):
+                if guard.forwarded or not (exc is guard.reported or _asks_retry(self.when, exc)):
                     raise
                 delay = self.delay(number)
                 logger.warning(

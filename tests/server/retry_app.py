@@ -32,6 +32,7 @@ from sqlalchemy.orm import (
 )
 
 from wsgi_sqla import (
+    Retry,
     SessionMiddleware,
     report_bottle_exceptions,
     report_flask_exceptions,
@@ -73,7 +74,7 @@ def flask_entry() -> flask.typing.ResponseReturnValue:
 
 
 report_flask_exceptions(flask_app)
-flask_app.wsgi_app = SessionMiddleware(flask_app.wsgi_app, db, retries=RETRIES)  # type: ignore[method-assign]
+flask_app.wsgi_app = SessionMiddleware(flask_app.wsgi_app, db, retry=Retry(RETRIES))  # type: ignore[method-assign]
 
 bottle_app = bottle.Bottle()
 
@@ -85,4 +86,4 @@ def bottle_entry() -> dict[str, int]:
 
 
 report_bottle_exceptions(bottle_app)
-bottle_wsgi = SessionMiddleware(bottle_app, db, retries=RETRIES)
+bottle_wsgi = SessionMiddleware(bottle_app, db, retry=Retry(RETRIES))

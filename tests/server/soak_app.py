@@ -63,7 +63,7 @@ from sqlalchemy.orm import (
     sessionmaker,
 )
 
-from wsgi_sqla import SessionMiddleware, transaction_pooled
+from wsgi_sqla import Retry, SessionMiddleware, transaction_pooled
 
 DATABASE_URL = os.environ["DATABASE_URL"]
 RETRIES = int(os.environ.get("SOAK_RETRIES", "0"))
@@ -276,4 +276,4 @@ def soak_app(environ: dict[str, Any], start_response: _Start) -> Any:
     return view(environ, start_response, _params(environ))
 
 
-app = SessionMiddleware(soak_app, db, retries=RETRIES)
+app = SessionMiddleware(soak_app, db, retry=Retry(RETRIES))
