@@ -45,13 +45,12 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine, event, exc
-from sqlalchemy.orm import scoped_session
 
-__all__ = ["adopt_pools", "dispose_in_children", "fork_safe", "on_new_process"]
+__all__ = ["adopt_pools", "fork_safe", "on_new_process"]
 
 #: Each registered engine, with the pid of the process its pool belongs to.
 _engines: weakref.WeakKeyDictionary[Engine, int] = weakref.WeakKeyDictionary()
@@ -151,13 +150,3 @@ def on_new_process(callback: Callable[[], object]) -> None:
     with _lock:
         if callback not in _callbacks:
             _callbacks.append(callback)
-
-
-def dispose_in_children(sessions: Iterable[scoped_session[Any]]) -> None:
-    """:func:`fork_safe` for every engine the sessions' factories are bound to."""
-    for scoped in sessions:
-        kw: dict[str, Any] = getattr(scoped.session_factory, "kw", {})
-        binds: dict[Any, Any] = kw.get("binds") or {}
-        for bind in (kw.get("bind"), *binds.values()):
-            if isinstance(bind, Engine):
-                fork_safe(bind)

@@ -37,11 +37,10 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import scoped_session
 from typing_extensions import Never
 
-from ._fork import dispose_in_children
 from ._rejected import CommitInDoubtError, RejectedWorkError
 from ._replicas import RoutedUnit, Router, default_replica_reads
 from ._retry import Retry
-from ._unit import UnitOfWork, check_sessions, current, refuse_removed
+from ._unit import UnitOfWork, current, own_sessions, refuse_removed
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -177,9 +176,7 @@ class SessionMiddleware:
             )
         self.app = app
         self.errors = errors
-        self.sessions: tuple[scoped_session[Any], ...] = check_sessions(
-            sessions, "SessionMiddleware"
-        )
+        self.sessions: tuple[scoped_session[Any], ...] = own_sessions(sessions, "SessionMiddleware")
         self.commit_veto = commit_veto
         if retry is not None and not isinstance(retry, Retry):
             raise TypeError(
@@ -188,7 +185,6 @@ class SessionMiddleware:
             )
         #: How requests are run again after a transient error; ``None``: never.
         self.retry: Retry | None = retry if retry is not None and retry.retries else None
-        dispose_in_children(self.sessions)
         self.router: Router | None = None
         #: What serves one attempt of a request: chosen here, once, so that only a
         #: middleware with replicas pays for routing and the plain path has no branch.

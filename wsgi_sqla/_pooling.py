@@ -26,8 +26,10 @@ cannot be detected up front. What can be detected cheaply is its symptom:
 when a psycopg 3 statement fails because a ``_pg3_*`` prepared statement is
 missing or already exists, wsgi_sqla warns with
 :class:`TransactionPoolerWarning` and adds a note to the exception naming
-the cure. The listener runs only when a statement fails, so it costs nothing
-per request.
+the cure. The listener is on the engines the package was given (those of
+the sessions its middleware, ``transaction()``, Celery base and ``isolated()``
+own), never on every engine of the process, and it runs only when a
+statement fails, so it costs nothing per request.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from typing import Any
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import ExceptionContext
 
-__all__ = ["TransactionPoolerWarning", "transaction_pooled"]
+__all__ = ["TransactionPoolerWarning", "explain_pooler_failures", "transaction_pooled"]
 
 # Drivers whose prepared statements transaction_pooled() knows how to switch off
 # (psycopg) or that prepare nothing on the server unless asked to (psycopg2).
@@ -141,5 +143,12 @@ def _explain_pooler_failure(context: ExceptionContext) -> None:
         error.add_note(hint)
 
 
-if not event.contains(Engine, "handle_error", _explain_pooler_failure):
-    event.listen(Engine, "handle_error", _explain_pooler_failure)
+def explain_pooler_failures(engine: Engine) -> None:
+    """Warn on ``engine``'s failures that only a transaction pooler causes; idempotent.
+
+    Called for every engine the package was given (through the sessions of
+    a middleware, ``transaction()``, the Celery base or ``isolated()``):
+    other engines in the process get no listener.
+    """
+    if not event.contains(engine, "handle_error", _explain_pooler_failure):
+        event.listen(engine, "handle_error", _explain_pooler_failure)

@@ -34,9 +34,8 @@ from typing import Any, ParamSpec, TypeVar
 from sqlalchemy import Engine
 from sqlalchemy.orm import scoped_session
 
-from ._fork import dispose_in_children
 from ._replicas import Router
-from ._unit import UnitOfWork, check_sessions, unit_of_work
+from ._unit import UnitOfWork, own_sessions, unit_of_work
 
 __all__ = ["transaction"]
 
@@ -110,8 +109,7 @@ class transaction:  # lower case: used like a function, as contextlib.suppress i
         replicas: Mapping[scoped_session[Any], Sequence[Engine]] | None = None,
         replica_max_lag: float | None = 30.0,
     ) -> None:
-        self.sessions: tuple[scoped_session[Any], ...] = check_sessions(sessions, "transaction()")
-        dispose_in_children(self.sessions)
+        self.sessions: tuple[scoped_session[Any], ...] = own_sessions(sessions, "transaction()")
         self._block: contextlib.AbstractContextManager[UnitOfWork] | None = None
         self._start: Callable[[tuple[scoped_session[Any], ...]], UnitOfWork] = UnitOfWork
         if replicas is not None:

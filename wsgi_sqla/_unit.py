@@ -36,11 +36,13 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
+from sqlalchemy import Engine
 from sqlalchemy.orm import scoped_session
 from sqlalchemy.util import ThreadLocalRegistry
 
 from ._context import current
-from ._fork import adopt_pools
+from ._fork import adopt_pools, fork_safe
+from ._pooling import explain_pooler_failures
 from ._rejected import (
     CommitInDoubtError,
     Ledger,
@@ -63,6 +65,7 @@ __all__ = [
     "force_commit",
     "force_rollback",
     "is_live",
+    "own_sessions",
     "refuse_removed",
     "unit_of_work",
 ]
@@ -111,10 +114,6 @@ def is_live(scoped: scoped_session[Any]) -> bool:
 def check_sessions(sessions: Iterable[object], owner: str) -> tuple[scoped_session[Any], ...]:
     """``sessions`` as a tuple, each checked to be a ``scoped_session``; at least one.
 
-    Every owner of units over them calls this once, so it is also where the
-    sessions' factories start being watched for work the database rejects
-    (:func:`~wsgi_sqla._rejected.watch`).
-
     :raises TypeError: naming ``owner`` (the public API that was called) when
         an argument is not a :class:`~sqlalchemy.orm.scoped_session`, or when
         there is none.
@@ -132,8 +131,28 @@ def check_sessions(sessions: Iterable[object], owner: str) -> tuple[scoped_sessi
         raise TypeError(
             f"{owner}: needs at least one sqlalchemy.orm.scoped_session; none was given"
         )
-    watch(checked)
     return tuple(checked)
+
+
+def own_sessions(sessions: Iterable[object], owner: str) -> tuple[scoped_session[Any], ...]:
+    """What every owner of units does once with its sessions: check them and take them on.
+
+    :func:`check_sessions`, then: the sessions' factories are watched for
+    work the database rejects (:func:`~wsgi_sqla._rejected.watch`), and each
+    engine they are bound to is made :func:`~wsgi_sqla.fork_safe` and gets
+    the transaction-pooler explanation. Only these engines get the
+    package's listeners.
+    """
+    checked = check_sessions(sessions, owner)
+    watch(checked)
+    for scoped in checked:
+        kw: dict[str, Any] = getattr(scoped.session_factory, "kw", {})
+        binds: dict[Any, Any] = kw.get("binds") or {}
+        for bind in (kw.get("bind"), *binds.values()):
+            if isinstance(bind, Engine):
+                fork_safe(bind)
+                explain_pooler_failures(bind)
+    return checked
 
 
 #: Keywords removed before 1.0, with what to write instead.

@@ -46,9 +46,8 @@ from celery import Task
 from sqlalchemy import Engine
 from sqlalchemy.orm import scoped_session
 
-from ._fork import dispose_in_children
 from ._replicas import Router, committed_positions
-from ._unit import UnitOfWork, check_sessions, unit_of_work
+from ._unit import UnitOfWork, check_sessions, own_sessions, unit_of_work
 
 __all__ = ["POSITIONS_HEADER", "SessionTask", "task_base"]
 
@@ -103,8 +102,7 @@ class SessionTask(Task[_P, _R_co]):
         super().__init_subclass__(**kwargs)
         owner = cls.__qualname__
         if "sessions" in cls.__dict__:
-            cls.sessions = check_sessions(cls.__dict__["sessions"], f"{owner}.sessions")
-            dispose_in_children(cls.sessions)
+            cls.sessions = own_sessions(cls.__dict__["sessions"], f"{owner}.sessions")
         if "replicas" in cls.__dict__ or "replica_max_lag" in cls.__dict__:
             cls._router = None
             if cls.replicas is not None:

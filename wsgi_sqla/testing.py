@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy import Connection, Engine, MetaData, event
 from sqlalchemy.orm import scoped_session, sessionmaker
 
-from ._unit import UnitOfWork, check_sessions
+from ._unit import UnitOfWork, own_sessions
 
 if TYPE_CHECKING:
     import sqlite3
@@ -124,7 +124,7 @@ def isolated(*sessions: scoped_session[Any]) -> Iterator[Isolation]:
     :raises ValueError: when two sessions are bound to the same engine, or a
         SQLite connection is in ``autocommit=True`` mode.
     """
-    checked = check_sessions(sessions, "isolated()")
+    checked = own_sessions(sessions, "isolated()")
     factories = _factories_by_engine(checked)
     unit = UnitOfWork(checked)
     with contextlib.ExitStack() as stack:

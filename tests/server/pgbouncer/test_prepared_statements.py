@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import ProgrammingError
+from sqlalchemy.orm import scoped_session, sessionmaker
 from support import database_url
 
-from wsgi_sqla import TransactionPoolerWarning, transaction_pooled
+from wsgi_sqla import TransactionPoolerWarning, transaction, transaction_pooled
 
 from .bouncer import MakeBouncer, PgBouncer
 
@@ -50,7 +51,8 @@ def test_control_default_psycopg_clients_collide_on_a_shared_server_connection(
             pytest.raises(ProgrammingError, match='prepared statement "_pg3_0" already exists'),
             warnings.catch_warnings(),
         ):
-            warnings.simplefilter("ignore", TransactionPoolerWarning)
+            # An engine the package was never given gets no listener of its: no warning.
+            warnings.simplefilter("error", TransactionPoolerWarning)
             run_repeatedly(second, "SELECT CAST(:n AS integer) + 2")
     finally:
         first.dispose()
@@ -59,6 +61,7 @@ def test_control_default_psycopg_clients_collide_on_a_shared_server_connection(
 
 def test_the_collision_warns_and_names_the_cure(make_pgbouncer: MakeBouncer) -> None:
     first, second = two_clients(make_pgbouncer(pool_size=1), pooled=False)
+    transaction(scoped_session(sessionmaker(bind=second)))  # the package is given the engine
     try:
         run_repeatedly(first, "SELECT CAST(:n AS integer) + 1")
         with (
