@@ -27,6 +27,7 @@ ended normally.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
@@ -208,7 +209,8 @@ class SessionMiddleware:
         try:
             return self._serve(environ, start_response)
         except Exception as exc:
-            if self.errors == "propagate" or getattr(exc, STARTED, False):
+            failure = _known(exc)
+            if self.errors == "propagate" or (failure is not None and failure.started):
                 raise
             return error_response(exc, environ, start_response)
 
@@ -217,10 +219,44 @@ class SessionMiddleware:
         return self._request(self, environ, start_response).run()
 
 
-#: Set on an exception raised after the server was given a status: too late for a 500.
-STARTED = "_wsgi_sqla_response_started"
-#: Set on an exception the middleware already logged with its traceback (a failed commit).
-LOGGED = "_wsgi_sqla_logged"
+class _Failure:
+    """What a request knew of the exception it raised: kept beside it, not set on it.
+
+    The request records it, only when it fails, in :data:`_failure` for the
+    middleware's ``__call__`` to read. One slot per context: a failure that a
+    retry swallowed is held until the next one (built-in exceptions take
+    neither attributes of ours politely nor weak references).
+    """
+
+    __slots__ = ("error", "logged", "started")
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+        #: the server was given a status already: too late for a 500
+        self.started = False
+        #: logged with its traceback already (a failed commit, a veto that raised)
+        self.logged = False
+
+
+_failure: contextvars.ContextVar[_Failure | None] = contextvars.ContextVar(
+    "wsgi_sqla_failure", default=None
+)
+
+
+def _failure_of(error: BaseException) -> _Failure:
+    """The record for ``error`` in this context, made if it is not the one kept."""
+    failure = _failure.get()
+    if failure is None or failure.error is not error:
+        failure = _Failure(error)
+        _failure.set(failure)
+    return failure
+
+
+def _known(error: BaseException) -> _Failure | None:
+    failure = _failure.get()
+    return failure if failure is not None and failure.error is error else None
+
+
 ERROR_BODY = b"Internal Server Error\n"
 ERROR_HEADERS = [
     ("Content-Type", "text/plain; charset=utf-8"),
@@ -238,7 +274,8 @@ def error_response(
     ``start_response`` fails with a SystemError when given one.
     """
     start_response("500 Internal Server Error", list(ERROR_HEADERS))
-    if not getattr(error, LOGGED, False):
+    failure = _known(error)
+    if failure is None or not failure.logged:
         logger.error(
             "%s %s failed; answered 500, the exception is raised again from close()",
             environ.get("REQUEST_METHOD"),
@@ -377,7 +414,7 @@ class RequestUnit:
                     self._decide()
             except BaseException as exc:
                 if self._server_write is not None:
-                    setattr(exc, STARTED, True)
+                    _failure_of(exc).started = True
                 self._abort()
                 raise
         finally:
@@ -454,7 +491,7 @@ class RequestUnit:
         except BaseException as exc:
             self._failure = exc
             logger.exception("commit_veto raised; rolling back")
-            setattr(exc, LOGGED, True)
+            _failure_of(exc).logged = True
             unit.rollback()
             raise
         whole = True
@@ -469,7 +506,7 @@ class RequestUnit:
                         "commit failed; rolled back, the client gets an error instead of %r",
                         status,
                     )
-                setattr(exc, LOGGED, True)
+                _failure_of(exc).logged = True
                 raise
             self._committed = True
         else:
@@ -547,7 +584,7 @@ class RequestUnit:
         if unit.idle():
             return
         try:
-            if self._committed and self._finished and unit.forced != "rollback":
+            if unit.commits_late_work(self._committed and self._finished):
                 try:
                     unit.commit()
                 except Exception:

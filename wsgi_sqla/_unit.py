@@ -256,6 +256,15 @@ class UnitOfWork:
         """The outcome :meth:`force` set, or ``None`` when the owner's rule applies."""
         return self._forced
 
+    def commits_late_work(self, cleanly: bool) -> bool:
+        """Whether work done after the decision (while a body streamed) is committed.
+
+        Only when the unit committed at its decision and its owner says the
+        work after it ended ``cleanly`` (the body was read to its end); a
+        :func:`force_rollback` made meanwhile still rolls it back.
+        """
+        return cleanly and self._forced != "rollback"
+
     def decide(self, vetoed: Callable[[], bool] | None = None) -> tuple[bool, str]:
         """Whether this unit commits, and why: ``(commit, reason)``.
 
