@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import scoped_session
 from support import Models, Probe, answering, serve
 
-from wsgi_sqla import CommitInDoubtError, RejectedWorkError, SessionMiddleware, transaction
+from wsgi_sqla import CommitInDoubtError, RejectedWorkError, Retry, SessionMiddleware, transaction
 from wsgi_sqla.testing import isolated
 
 Work = Callable[[Models, scoped_session[Any]], None]
@@ -272,3 +272,42 @@ def test_the_errors_survive_pickling_with_their_message(error_class: type[Except
     rebuilt = pickle.loads(pickle.dumps(error_class("nothing committed", ValueError("cause"))))
     assert type(rebuilt) is error_class
     assert str(rebuilt) == "nothing committed"
+
+
+# -- retries: nothing was committed, so a transient first error may run the request again -----
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "runs"),
+    [
+        pytest.param("40001", 2, id="serialization-failure-is-retried"),
+        pytest.param("23505", 1, id="unique-violation-is-not"),
+    ],
+)
+def test_a_request_refused_for_a_transient_rejected_statement_may_run_again(
+    models: Models,
+    session: scoped_session[Any],
+    probe: Probe,
+    engine: Engine,
+    sqlstate: str,
+    runs: int,
+) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("raises an error with a chosen SQLSTATE from PL/pgSQL")
+    attempts: list[int] = []
+
+    def work() -> None:
+        attempts.append(1)
+        _core_insert(models, session, f"ann-{len(attempts)}")
+        if len(attempts) == 1:
+            raising = f"DO $$ BEGIN RAISE EXCEPTION 'once' USING ERRCODE = '{sqlstate}'; END $$"
+            try:  # noqa: SIM105 - the idiom as applications write it
+                session.execute(text(raising))
+            except Exception:
+                pass
+
+    app = SessionMiddleware(answering("201 Created", work), session, retry=Retry(1, backoff=0))
+    status = serve(app, method="POST").client_status
+    assert len(attempts) == runs
+    assert status.startswith("201" if runs == 2 else "500")
+    assert probe.names() == (["ann-2"] if runs == 2 else [])
