@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from support import database_url
 
-from .support import Gunicorn, Serve, app_tables
+from .support import Gunicorn, Serve, app_tables, until
 
 SWALLOW_APP = Path(__file__).with_name("swallow_app.py")
 REQUESTS = 20
@@ -71,3 +71,15 @@ def test_view_undoing_the_duplicate_in_a_savepoint_answers_201_and_keeps_the_fir
 
     assert server.request("POST", f"/savepoint?key={key}").status == 201
     assert committed(engine, key)
+
+
+def test_view_swallowing_an_integrity_error_is_logged_with_the_error_and_the_savepoint_idiom(
+    served: tuple[Gunicorn, Engine],
+) -> None:
+    server, _ = served
+
+    server.request("POST", f"/swallow?key={uuid.uuid4().hex}")
+
+    # The ERROR record reaches the server's log through logging's last-resort handler.
+    assert until(lambda: "begin_nested" in server.log_text(), timeout=5), server.tail()
+    assert "duplicate key" in server.log_text(), server.tail()
