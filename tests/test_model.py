@@ -41,7 +41,7 @@ def test_save_surfaces_a_constraint_violation_as_the_original_integrity_error(
     assert probe.names() == ["ann"]
 
 
-def test_failed_save_rolls_the_session_back_so_it_is_usable_again(
+def test_failed_save_raises_and_leaves_the_sessions_earlier_work_alone(
     session: Any, models: Models, probe: Probe
 ) -> None:
     models.User(name="ann").save()
@@ -49,10 +49,24 @@ def test_failed_save_rolls_the_session_back_so_it_is_usable_again(
     models.User(name="bob").save()
     with pytest.raises(IntegrityError):
         models.User(name="ann").save()
-    assert not session().in_transaction(), "the session was not rolled back"
+    assert session().in_transaction(), "save() rolled the session back behind the caller"
+    session.rollback()  # the application's own decision
     models.User(name="cid").save()
     session.commit()
-    assert probe.names() == ["ann", "cid"], "bob went with the rollback; the session works"
+    assert probe.names() == ["ann", "cid"]
+
+
+def test_failed_save_in_a_savepoint_undoes_only_itself(
+    session: Any, models: Models, probe: Probe
+) -> None:
+    models.User(name="ann").save()
+    session.commit()
+    models.User(name="bob").save()
+    with pytest.raises(IntegrityError):
+        models.User(name="ann").save(savepoint=True)
+    models.User(name="cid").save()
+    session.commit()
+    assert probe.names() == ["ann", "bob", "cid"]
 
 
 def test_get_returns_the_instance_by_primary_key(session: Any, models: Models) -> None:
@@ -100,7 +114,7 @@ def test_update_rejects_plain_python_attributes(session: Any, models: Models) ->
         user.update(save="not a column")
 
 
-def test_failed_update_rolls_back_and_reraises_integrity_error(
+def test_failed_update_reraises_integrity_error_without_rolling_back(
     session: Any, models: Models, probe: Probe
 ) -> None:
     models.User(name="ann").save()
@@ -108,7 +122,8 @@ def test_failed_update_rolls_back_and_reraises_integrity_error(
     session.commit()
     with pytest.raises(IntegrityError):
         bob.update(name="ann")
-    assert not session().in_transaction()
+    assert session().in_transaction()
+    session.rollback()
     assert probe.names() == ["ann", "bob"]
 
 
@@ -122,14 +137,18 @@ def test_delete_flushes_and_never_commits(session: Any, models: Models, probe: P
     assert probe.names() == []
 
 
-def test_failed_delete_rolls_back_and_reraises(session: Any, models: Models) -> None:
+def test_failed_delete_in_a_savepoint_reraises_and_undoes_only_itself(
+    session: Any, models: Models, probe: Probe
+) -> None:
     user_id = models.User(name="ann").save().id
     models.Post(title="keeps ann alive", author_id=user_id).save()
     session.commit()
     session.expunge_all()  # so the ORM cannot cascade; the foreign key refuses the delete
+    models.User(name="bob").save()
     with pytest.raises(IntegrityError):
-        models.User.get(user_id).delete()
-    assert not session().in_transaction()
+        models.User.get(user_id).delete(savepoint=True)
+    session.commit()
+    assert probe.names() == ["ann", "bob"]
 
 
 def test_declarative_base_supports_mapped_annotations(session: Any, engine: Engine) -> None:

@@ -26,6 +26,7 @@ from ._frameworks import report_bottle_exceptions, report_flask_exceptions
 from ._middleware import CommitVeto, SessionMiddleware, default_commit_veto
 from ._model import ActiveRecordMixin, declarative_base
 from ._pooling import TransactionPoolerWarning, transaction_pooled
+from ._rejected import CommitInDoubtError, RejectedWorkError
 from ._replicas import (
     POSITION_COOKIE,
     POSITION_HEADER,
@@ -53,7 +54,9 @@ __all__ = [
     "POSITION_HEADER",
     "POSTGRESQL_TRANSIENT_SQLSTATES",
     "ActiveRecordMixin",
+    "CommitInDoubtError",
     "CommitVeto",
+    "RejectedWorkError",
     "ReplicaWriteError",
     "SessionMiddleware",
     "StaleSessionWarning",

@@ -37,6 +37,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import scoped_session
 
 from ._fork import dispose_in_children
+from ._rejected import CommitInDoubtError, RejectedWorkError
 from ._replicas import RoutedUnit, Router, default_replica_reads
 from ._retry import DEFAULT_RETRY_BODY_LIMIT, RetryPolicy
 from ._transient import is_transient_error
@@ -457,14 +458,18 @@ class RequestUnit:
             setattr(exc, LOGGED, True)
             unit.rollback()
             raise
+        whole = True
         if commit:
             try:
-                unit.commit()
+                whole = unit.commit()
             except BaseException as exc:
                 self._failure = exc
-                logger.exception(
-                    "commit failed; rolled back, the client gets an error instead of %r", status
-                )
+                if not isinstance(exc, (RejectedWorkError, CommitInDoubtError)):
+                    # Those two the unit logged itself, saying what became of the work.
+                    logger.exception(
+                        "commit failed; rolled back, the client gets an error instead of %r",
+                        status,
+                    )
                 setattr(exc, LOGGED, True)
                 raise
             self._committed = True
@@ -473,7 +478,7 @@ class RequestUnit:
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "%s %s (%s): %s",
-                "committed" if commit else "rolled back",
+                ("committed" if whole else "not committed") if commit else "rolled back",
                 self._environ.get("PATH_INFO"),
                 reason,
                 status,

@@ -4,9 +4,19 @@
 constraint violation surfaces in the view that caused it, where it can be
 turned into a 409, instead of at commit time. They never commit: the unit of
 work around them (the request, a ``transaction()`` block, a task) decides
-that. When their flush fails they roll the session back (a session whose
-flush failed cannot be used until it is) and re-raise the original
-exception unchanged, so ``IntegrityError`` stays ``IntegrityError``.
+that, and they never roll back either: the original exception is raised
+unchanged (``IntegrityError`` stays ``IntegrityError``) and the session's
+earlier work is left alone. A unit whose flush failed cannot commit
+(:class:`~wsgi_sqla.RejectedWorkError`) unless the application undoes it
+itself; so a view that catches the error and answers 409 rolls back, as it
+should, and one that catches it and answers 201 gets a 500 instead of a
+false success.
+
+To attempt a save that may conflict without losing the rest of the unit,
+pass ``savepoint=True``: the flush runs in a savepoint
+(``Session.begin_nested()``), a failure undoes only that object's changes,
+and the unit commits everything else. It costs two more round trips per
+call (``SAVEPOINT`` and ``RELEASE SAVEPOINT``).
 
 Two ways in:
 
@@ -18,7 +28,6 @@ Two ways in:
 
 from __future__ import annotations
 
-import logging
 from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import MetaData, inspect
@@ -28,8 +37,6 @@ from typing_extensions import Self
 from ._unit import check_sessions
 
 __all__ = ["ActiveRecordMixin", "declarative_base"]
-
-logger = logging.getLogger("wsgi_sqla")
 
 _M = TypeVar("_M", bound="ActiveRecordMixin")
 
@@ -59,18 +66,29 @@ class ActiveRecordMixin:
         """The instance with primary key ``ident`` (``Session.get``), or ``None``."""
         return cls.__session__.get(cls, ident)
 
-    def save(self) -> Self:
-        """Add the instance to the session and flush; return it. Never commits."""
+    def save(self, *, savepoint: bool = False) -> Self:
+        """Add the instance to the session and flush; return it. Never commits.
+
+        With ``savepoint=True`` the add and the flush run in a savepoint: if
+        the flush fails, only this instance's changes are undone (it leaves
+        the session) and the exception propagates; the unit can still commit
+        its other work.
+        """
         session = self.__session__
-        session.add(self)
-        _flush(session)
+        if savepoint:
+            with session.begin_nested():
+                session.add(self)
+        else:
+            session.add(self)
+            session.flush()
         return self
 
     def update(self, **values: Any) -> Self:
         """Set mapped attributes from ``values``, then :meth:`save`; return the instance.
 
         Raises :class:`TypeError`, before anything is changed, when a name is
-        not a mapped attribute of the class.
+        not a mapped attribute of the class. For an update that may conflict,
+        wrap it: ``with session.begin_nested(): obj.update(...)``.
         """
         mapped = inspect(type(self)).attrs
         unknown = [name for name in values if name not in mapped]
@@ -84,22 +102,19 @@ class ActiveRecordMixin:
             setattr(self, name, value)
         return self.save()
 
-    def delete(self) -> None:
-        """Delete the instance and flush. Never commits."""
+    def delete(self, *, savepoint: bool = False) -> None:
+        """Delete the instance and flush. Never commits.
+
+        ``savepoint=True`` as for :meth:`save`: a failed flush undoes only
+        this deletion.
+        """
         session = self.__session__
-        session.delete(self)
-        _flush(session)
-
-
-def _flush(session: scoped_session[Session]) -> None:
-    try:
-        session.flush()
-    except BaseException:
-        try:
-            session.rollback()
-        except Exception:
-            logger.exception("rollback after a failed flush failed too")
-        raise
+        if savepoint:
+            with session.begin_nested():
+                session.delete(self)
+        else:
+            session.delete(self)
+            session.flush()
 
 
 def declarative_base(session: scoped_session[Any], *, metadata: MetaData | None = None) -> Any:

@@ -1001,10 +1001,11 @@ class RoutedUnit(UnitOfWork):
         super().__init__(sessions)
         self.route: Route = route
 
-    def commit(self) -> None:
+    def commit(self) -> bool:
         """:meth:`UnitOfWork.commit`, then the primaries' positions if it wrote."""
-        super().commit()
+        whole = super().commit()
         self.route.read_positions()
+        return whole
 
     def remove(self) -> None:
         """Close the sessions, then release the route's connections."""

@@ -53,6 +53,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from ._rejected import CommitInDoubtError, RejectedWorkError
 from ._unit import check_seconds, current
 
 if TYPE_CHECKING:
@@ -126,6 +127,10 @@ class ReplayGuard:
 
 
 def _asks_retry(retry_if: Callable[[BaseException], bool], exc: BaseException) -> bool:
+    if isinstance(exc, CommitInDoubtError):
+        return False  # the work may be in the database already: never run it twice
+    if isinstance(exc, RejectedWorkError) and exc.error is not None:
+        exc = exc.error  # nothing was committed: as safe to re-run as its first error
     try:
         return bool(retry_if(exc))
     except Exception:

@@ -15,9 +15,11 @@ commits nothing early: the request (or the outermost block) decides, once,
 for all the work. A joined block is *not* a savepoint. When it raises, the
 exception propagates unchanged and nothing else happens: the outer unit is
 neither rolled back nor marked for rollback behind its owner's back, so its
-usual rules apply (an uncaught exception rolls the request back; a view that
-catches the exception and answers 200 commits what was flushed). Code that
-needs to undo part of a unit and carry on uses ``Session.begin_nested()``.
+usual rules apply: an uncaught exception rolls the request back, and a view
+that catches a database error and answers 200 gets a 500 instead, with
+nothing committed (:class:`~wsgi_sqla.RejectedWorkError`), since the database
+rejected part of its work. Code that needs to undo part of a unit and carry
+on uses ``Session.begin_nested()``.
 """
 
 from __future__ import annotations

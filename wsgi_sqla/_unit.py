@@ -30,7 +30,6 @@ that is running, or start one of their own.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import logging
 import threading
 import warnings
@@ -40,7 +39,16 @@ from typing import Any, Literal
 from sqlalchemy.orm import scoped_session
 from sqlalchemy.util import ThreadLocalRegistry
 
+from ._context import current
 from ._fork import adopt_pools
+from ._rejected import (
+    CommitInDoubtError,
+    Ledger,
+    RejectedWorkError,
+    check_flushed,
+    in_doubt,
+    watch,
+)
 
 __all__ = [
     "Outcome",
@@ -61,11 +69,6 @@ logger = logging.getLogger("wsgi_sqla")
 
 Outcome = Literal["commit", "rollback"]
 """What an application can force a unit to do, whatever its owner's rule says."""
-
-#: The unit of work running in this context (owners set and reset it).
-current: contextvars.ContextVar[UnitOfWork | None] = contextvars.ContextVar(
-    "wsgi_sqla_unit", default=None
-)
 
 _Hook = tuple[Callable[..., object], tuple[Any, ...], dict[str, Any]]
 
@@ -106,6 +109,10 @@ def is_live(scoped: scoped_session[Any]) -> bool:
 def check_sessions(sessions: Iterable[object], owner: str) -> tuple[scoped_session[Any], ...]:
     """``sessions`` as a tuple, each checked to be a ``scoped_session``; at least one.
 
+    Every owner of units over them calls this once, so it is also where the
+    sessions' factories start being watched for work the database rejects
+    (:func:`~wsgi_sqla._rejected.watch`).
+
     :raises TypeError: naming ``owner`` (the public API that was called) when
         an argument is not a :class:`~sqlalchemy.orm.scoped_session`, or when
         there is none.
@@ -123,6 +130,7 @@ def check_sessions(sessions: Iterable[object], owner: str) -> tuple[scoped_sessi
         raise TypeError(
             f"{owner}: needs at least one sqlalchemy.orm.scoped_session; none was given"
         )
+    watch(checked)
     return tuple(checked)
 
 
@@ -151,7 +159,7 @@ class UnitOfWork:
     * :meth:`running`: all of the above around a block of code.
     """
 
-    __slots__ = ("_forced", "_pending_hooks", "_ready_hooks", "sessions")
+    __slots__ = ("_forced", "_ledger", "_pending_hooks", "_ready_hooks", "sessions")
 
     def __init__(self, sessions: tuple[scoped_session[Any], ...]) -> None:
         """Start a unit over ``sessions``, discarding sessions left by an earlier one.
@@ -169,6 +177,8 @@ class UnitOfWork:
         self._forced: Outcome | None = None
         self._pending_hooks: list[_Hook] | None = None
         self._ready_hooks: list[_Hook] | None = None
+        #: What the sessions began on and what the database rejected; made at the first begin.
+        self._ledger: Ledger | None = None
         for scoped in sessions:
             if is_live(scoped):
                 warnings.warn(
@@ -233,22 +243,39 @@ class UnitOfWork:
 
     # -- the rules --------------------------------------------------------
 
-    def commit(self) -> None:
+    def _owns(self, session: object) -> bool:
+        """Whether ``session`` is the current session of one of this unit's registries."""
+        return any(is_live(scoped) and scoped.registry() is session for scoped in self.sessions)
+
+    def commit(self) -> bool:
         """Flush, then commit, every live session; on failure roll all back and re-raise.
 
         Sessions are committed in the order they were given. When a commit
         fails after an earlier session's commit succeeded, the earlier one
         stays committed (there is no two-phase commit across databases) and
         the failure is logged naming both.
+
+        Returns ``False``, after a WARNING, when a session this unit began
+        work in was removed by someone else before the decision: its work
+        was discarded, not committed.
+
+        :raises RejectedWorkError: before committing anything, when the
+            database rejected part of the unit's work and the application
+            went on (logged once, as an ERROR).
+        :raises CommitInDoubtError: when ``COMMIT`` lost its connection, so
+            its outcome is unknown (logged once, as an ERROR).
         """
         live = []
         for scoped in self.sessions:  # a loop: a list comprehension is one more call
             if is_live(scoped):
                 live.append(scoped.registry())
+        whole = self._ledger is None or self._kept_sessions()
         if not live and not self._pending_hooks:
-            return
+            return whole
         committed = 0
         try:
+            for session in live:
+                check_flushed(session, self._ledger)
             if len(live) > 1:
                 for session in live:
                     session.flush()
@@ -256,7 +283,7 @@ class UnitOfWork:
                 if session.in_transaction():
                     session.commit()
                 committed += 1
-        except BaseException:
+        except BaseException as error:
             if committed:
                 logger.error(
                     "commit failed after %d of %d sessions had committed; those stay "
@@ -265,12 +292,38 @@ class UnitOfWork:
                     len(live),
                 )
             self.rollback()
+            if isinstance(error, RejectedWorkError):
+                logger.error("not committed: %s", error)
+                raise
+            if in_doubt(error):
+                message = (
+                    f"COMMIT lost its connection ({type(error).__name__}: "
+                    f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); "
+                    "the outcome is unknown: the work may or may not be in the database, "
+                    "and it is not run again"
+                )
+                logger.error("%s", message)
+                raise CommitInDoubtError(message, error) from error
             raise
         if self._pending_hooks:
             if self._ready_hooks is None:
                 self._ready_hooks = []
             self._ready_hooks.extend(self._pending_hooks)
             self._pending_hooks = None
+        return whole
+
+    def _kept_sessions(self) -> bool:
+        """``False``, after a WARNING, if a session the unit began in was removed meanwhile."""
+        assert self._ledger is not None
+        lost = {id(b.session) for b in self._ledger.began if not self._owns(b.session)}
+        if lost:
+            logger.warning(
+                "%d session(s) of this unit of work were closed and removed by someone else "
+                "before the unit decided (a framework teardown, a remove() in the "
+                "application); their work was discarded, not committed",
+                len(lost),
+            )
+        return not lost
 
     def rollback(self) -> None:
         """Roll back every live session and drop hooks of uncommitted work."""
