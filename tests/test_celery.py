@@ -18,7 +18,8 @@ import pytest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from celery.signals import task_postrun
-from sqlalchemy import Engine, MetaData, String, text
+from sqlalchemy import Engine, MetaData, String, insert, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -29,6 +30,7 @@ from sqlalchemy.orm import (
 )
 from support import Boom
 
+import wsgi_sqla
 from wsgi_sqla import ActiveRecordMixin, after_commit, transaction
 from wsgi_sqla.celery import SessionTask, task_base
 
@@ -111,6 +113,27 @@ def add_job_with_hook_then_fail(name: str) -> None:
     Job(name=name).save()
     after_commit(record_hook, name)
     raise Boom("after registering a hook")
+
+
+@celery_app.task(base=DbTask)
+def add_job_swallowing_a_duplicate(name: str) -> str:
+    jobs_db.execute(insert(Job).values(name=name))
+    try:  # noqa: SIM105 - spelled as the tasks this guards against are
+        jobs_db.execute(insert(Job).values(name=name))
+    except IntegrityError:
+        pass
+    return name
+
+
+@celery_app.task(base=DbTask)
+def add_job_undoing_a_duplicate_in_a_savepoint(name: str) -> str:
+    jobs_db.execute(insert(Job).values(name=name))
+    try:
+        with jobs_db.begin_nested():
+            jobs_db.execute(insert(Job).values(name=name))
+    except IntegrityError:
+        pass
+    return name
 
 
 @celery_app.task(base=SessionTask)
@@ -199,6 +222,28 @@ def test_worker_removes_the_session_after_every_task(
         time.sleep(0.01)
     assert left_in_worker_registry == [False, False]
     assert probe.checked_out() == 0
+
+
+# -- a statement the database rejected ------------------------------------------------
+
+
+def test_worker_task_swallowing_an_integrity_error_fails_and_commits_nothing(jobs: None) -> None:
+    result = add_job_swallowing_a_duplicate.delay("a")
+
+    outcome = result.get(timeout=30, interval=0.01, propagate=False)
+    assert result.state == "FAILURE", f"the task ended {result.state} with {outcome!r}"
+    # Celery hands back an UnpickleableExceptionWrapper when the error does not
+    # survive pickle.loads(pickle.dumps(...)); its text still names the type.
+    assert isinstance(outcome, wsgi_sqla.RejectedWorkError) or "RejectedWorkError" in repr(outcome)
+    assert committed_jobs() == []
+
+
+def test_worker_task_undoing_a_duplicate_in_a_savepoint_commits_its_first_row(
+    jobs: None,
+) -> None:
+    assert add_job_undoing_a_duplicate_in_a_savepoint.delay("a").get(timeout=30) == "a"
+
+    assert committed_jobs() == ["a"]
 
 
 # -- after_commit in a task ------------------------------------------------------------

@@ -13,7 +13,9 @@ signal, so even a test run that is killed outright leaves no server behind.
 
 :class:`TcpProxy` stands between an application and its database, so a test
 can make the database unreachable and bring it back without touching the
-database server itself (other developers use it).
+database server itself (other developers use it); :class:`CommitCuttingProxy`
+lets the server commit and then hangs up before the client hears it, so a
+test can put a COMMIT in doubt.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -436,23 +439,135 @@ class TcpProxy:
             thread = threading.Thread(target=self._pump, args=(client, upstream), daemon=True)
             thread.start()
 
-    def _pump(self, a: socket.socket, b: socket.socket) -> None:
-        pair = {a: b, b: a}
+    def _pump(self, client: socket.socket, upstream: socket.socket) -> None:
+        pair = {client: upstream, upstream: client}
+        watch = self._watch()
         try:
             while True:
                 readable, _, _ = select.select(list(pair), [], [], 1.0)
-                if a.fileno() < 0 or b.fileno() < 0:
+                if client.fileno() < 0 or upstream.fileno() < 0:
                     return
                 for sock in readable:
                     data = sock.recv(65536)
                     if not data:
                         return
-                    pair[sock].sendall(data)
+                    cut = watch(data) if watch is not None and sock is client else None
+                    if cut is None:
+                        pair[sock].sendall(data)
+                        continue
+                    # Forward up to the end of the watched message, let the server
+                    # answer it (or give it a moment), then hang up on both sides.
+                    upstream.sendall(data[:cut])
+                    if select.select([upstream], [], [], self.REPLY_WAIT)[0]:
+                        upstream.recv(65536)  # the reply, never forwarded
+                    return
         except (OSError, ValueError):
             return
         finally:
-            for sock in (a, b):
+            for sock in (client, upstream):
                 with contextlib.suppress(OSError):
                     sock.close()
             with self._lock:
-                self._sockets.difference_update((a, b))
+                self._sockets.difference_update((client, upstream))
+
+    #: How long a cut connection waits for the server's reply to the watched message.
+    REPLY_WAIT: ClassVar[float] = 2.0
+
+    def _watch(self) -> Callable[[bytes], int | None] | None:
+        """Per connection: a function that reads the client's bytes as they pass.
+
+        It returns ``None`` to forward a chunk, or the offset in the chunk just
+        after a message that must be the last one forwarded on this connection.
+        The plain proxy watches nothing.
+        """
+        return None
+
+
+class CommitCuttingProxy(TcpProxy):
+    """A :class:`TcpProxy` that, once :meth:`arm`-ed, makes the next COMMIT in doubt.
+
+    The client's COMMIT reaches the server; the proxy waits for the server's
+    reply (or :attr:`REPLY_WAIT` seconds), drops it, and closes both sockets.
+    The transaction is committed, yet the client sees a lost connection.
+    ``dialect`` is ``"postgresql"`` (psycopg's simple Query message; the URL
+    must say ``sslmode=disable`` so the stream can be read) or ``"mariadb"``
+    / ``"mysql"`` (a COM_QUERY packet). :attr:`cuts` counts the COMMITs cut.
+    """
+
+    def __init__(self, target_host: str, target_port: int, dialect: str) -> None:
+        super().__init__(target_host, target_port)
+        if dialect not in ("postgresql", "mariadb", "mysql"):
+            raise ValueError(f"no COMMIT parser for {dialect!r}")
+        self.dialect = dialect
+        self.cuts = 0
+        self._armed = 0
+
+    def arm(self, times: int = 1) -> None:
+        """Cut the connection after the next ``times`` COMMITs (on any connection)."""
+        with self._lock:
+            self._armed = times
+
+    @property
+    def armed(self) -> int:
+        """COMMITs still to be cut."""
+        with self._lock:
+            return self._armed
+
+    def _take(self) -> bool:
+        with self._lock:
+            if self._armed <= 0:
+                return False
+            self._armed -= 1
+            self.cuts += 1
+            return True
+
+    def _watch(self) -> Callable[[bytes], int | None]:
+        buffer = bytearray()  # client bytes not yet read as whole messages
+        started = self.dialect != "postgresql"  # PostgreSQL: untyped messages first
+
+        def watch(data: bytes) -> int | None:
+            nonlocal started
+            base = len(buffer)  # where ``data`` starts in ``buffer``
+            buffer.extend(data)
+            consumed = 0
+            while True:
+                if self.dialect == "postgresql" and not started:
+                    # SSLRequest, GSSENCRequest, StartupMessage: int32 length, int32 code.
+                    if len(buffer) - consumed < 8:
+                        break
+                    length, code = struct.unpack_from("!ii", buffer, consumed)
+                    if len(buffer) - consumed < length:
+                        break
+                    started = code == 196608  # protocol 3.0: typed messages follow
+                    consumed += length
+                    continue
+                if self.dialect == "postgresql":
+                    # Typed: one byte, int32 length (counting itself), the body.
+                    if len(buffer) - consumed < 5:
+                        break
+                    (length,) = struct.unpack_from("!i", buffer, consumed + 1)
+                    end = consumed + 1 + length
+                    if len(buffer) < end:
+                        break
+                    is_commit = (
+                        buffer[consumed : consumed + 1] == b"Q"
+                        and bytes(buffer[consumed + 5 : end]).rstrip(b"\0").strip().upper()
+                        == b"COMMIT"
+                    )
+                else:
+                    # A packet: 3-byte little-endian length, sequence byte, payload.
+                    if len(buffer) - consumed < 4:
+                        break
+                    length = int.from_bytes(buffer[consumed : consumed + 3], "little")
+                    end = consumed + 4 + length
+                    if len(buffer) < end:
+                        break
+                    payload = bytes(buffer[consumed + 4 : end])
+                    is_commit = payload[:1] == b"\x03" and payload[1:].strip().upper() == b"COMMIT"
+                consumed = end
+                if is_commit and self._take():
+                    return end - base
+            del buffer[:consumed]
+            return None
+
+        return watch
