@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from support import Exchange, make_engine, serve
 
 import wsgi_sqla
-from wsgi_sqla import SessionMiddleware, transaction
+from wsgi_sqla import Retry, SessionMiddleware, transaction
 
 from .support import CommitCuttingProxy
 
@@ -115,10 +115,10 @@ def test_request_whose_commit_is_cut_answers_500_logs_unknown_and_keeps_the_row(
     assert not any("rolled back" in message for message in logged), logged
 
 
-def test_request_whose_commit_is_cut_is_not_retried_whatever_retry_if_says(
+def test_request_whose_commit_is_cut_is_not_retried_whatever_the_retry_predicate_says(
     doubt: Doubt,
 ) -> None:
-    middleware = SessionMiddleware(doubt.app, doubt.db, retries=3, retry_if=lambda exc: True)
+    middleware = SessionMiddleware(doubt.app, doubt.db, retry=Retry(3, when=lambda exc: True))
 
     tag, seen = doubt.post(middleware)
 
