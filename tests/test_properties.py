@@ -42,7 +42,7 @@ from support import Boom, Models, Probe, serve
 
 import wsgi_sqla._retry
 from wsgi_sqla import Retry, SessionMiddleware, force_commit, force_rollback
-from wsgi_sqla._middleware import ERROR_HEADERS
+from wsgi_sqla._errors import ERROR_HEADERS
 
 RETRIES = 2
 

@@ -27,7 +27,6 @@ ended normally.
 
 from __future__ import annotations
 
-import contextvars
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
@@ -38,6 +37,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import scoped_session
 from typing_extensions import Never
 
+from ._errors import error_response, record, started
 from ._rejected import CommitInDoubtError, RejectedWorkError
 from ._replicas import RoutedUnit, Router, default_replica_reads
 from ._retry import Retry
@@ -46,7 +46,7 @@ from ._unit import UnitOfWork, current, own_sessions, refuse_removed
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-__all__ = ["CommitVeto", "SessionMiddleware", "default_commit_veto", "error_response"]
+__all__ = ["CommitVeto", "SessionMiddleware", "default_commit_veto"]
 
 logger = logging.getLogger("wsgi_sqla")
 
@@ -209,103 +209,13 @@ class SessionMiddleware:
         try:
             return self._serve(environ, start_response)
         except Exception as exc:
-            failure = _known(exc)
-            if self.errors == "propagate" or (failure is not None and failure.started):
+            if self.errors == "propagate" or started(exc):
                 raise
             return error_response(exc, environ, start_response)
 
     def _attempt(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         """Run the request once, as one unit of work (one attempt of the retry loop)."""
         return self._request(self, environ, start_response).run()
-
-
-class _Failure:
-    """What a request knew of the exception it raised: kept beside it, not set on it.
-
-    The request records it, only when it fails, in :data:`_failure` for the
-    middleware's ``__call__`` to read. One slot per context: a failure that a
-    retry swallowed is held until the next one (built-in exceptions take
-    neither attributes of ours politely nor weak references).
-    """
-
-    __slots__ = ("error", "logged", "started")
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-        #: the server was given a status already: too late for a 500
-        self.started = False
-        #: logged with its traceback already (a failed commit, a veto that raised)
-        self.logged = False
-
-
-_failure: contextvars.ContextVar[_Failure | None] = contextvars.ContextVar(
-    "wsgi_sqla_failure", default=None
-)
-
-
-def _failure_of(error: BaseException) -> _Failure:
-    """The record for ``error`` in this context, made if it is not the one kept."""
-    failure = _failure.get()
-    if failure is None or failure.error is not error:
-        failure = _Failure(error)
-        _failure.set(failure)
-    return failure
-
-
-def _known(error: BaseException) -> _Failure | None:
-    failure = _failure.get()
-    return failure if failure is not None and failure.error is error else None
-
-
-ERROR_BODY = b"Internal Server Error\n"
-ERROR_HEADERS = [
-    ("Content-Type", "text/plain; charset=utf-8"),
-    ("Content-Length", str(len(ERROR_BODY))),
-]
-
-
-def error_response(
-    error: Exception, environ: WSGIEnvironment, start_response: StartResponse
-) -> Iterable[bytes]:
-    """Answer 500 for a request that failed before its response began; re-raise at close().
-
-    Only for a request whose server has not been given a status yet.
-    ``exc_info`` is not passed: nothing is being replaced, and uWSGI's
-    ``start_response`` fails with a SystemError when given one.
-    """
-    start_response("500 Internal Server Error", list(ERROR_HEADERS))
-    failure = _known(error)
-    if failure is None or not failure.logged:
-        logger.error(
-            "%s %s failed; answered 500, the exception is raised again from close()",
-            environ.get("REQUEST_METHOD"),
-            environ.get("PATH_INFO"),
-            exc_info=error,
-        )
-    return ErrorResponse(error)
-
-
-class ErrorResponse:
-    """The 500's body; its ``close()`` raises the request's exception, once.
-
-    Raising it there is what lets the server log it and lets middleware
-    wrapped around ours (error reporting) see it, although the client
-    already has its status.
-    """
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: Exception) -> None:
-        self.error: Exception | None = error
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter((ERROR_BODY,))
-
-    def close(self) -> None:
-        """Raise the request's exception (the first call only)."""
-        error, self.error = self.error, None
-        if error is not None:
-            raise error
 
 
 class RequestUnit:
@@ -416,7 +326,7 @@ class RequestUnit:
                     self._decide()
             except BaseException as exc:
                 if self._server_write is not None:
-                    _failure_of(exc).started = True
+                    record(exc).started = True
                 self._abort()
                 raise
         finally:
@@ -493,7 +403,7 @@ class RequestUnit:
         except BaseException as exc:
             self._failure = exc
             logger.exception("commit_veto raised; rolling back")
-            _failure_of(exc).logged = True
+            record(exc).logged = True
             unit.rollback()
             raise
         whole = True
@@ -508,7 +418,7 @@ class RequestUnit:
                         "commit failed; rolled back, the client gets an error instead of %r",
                         status,
                     )
-                _failure_of(exc).logged = True
+                record(exc).logged = True
                 raise
             self._committed = True
         else:
