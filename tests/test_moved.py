@@ -53,7 +53,6 @@ def test_old_import_path_gives_the_public_object_with_a_deprecation_warning(
 @pytest.mark.parametrize(
     ("old", "name"),
     [
-        pytest.param("wsgi_sqla.retry", "RetryPolicy", id="RetryPolicy"),
         pytest.param("wsgi_sqla.retry", "DEFAULT_RETRY_BODY_LIMIT", id="DEFAULT_RETRY_BODY_LIMIT"),
     ],
 )

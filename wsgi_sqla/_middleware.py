@@ -38,10 +38,11 @@ from sqlalchemy.orm import scoped_session
 from typing_extensions import Never
 
 from ._errors import error_response, record, started
+from ._owners import own_sessions, refuse_removed
 from ._rejected import CommitInDoubtError, RejectedWorkError
 from ._replicas import RoutedUnit, Router, default_replica_reads
 from ._retry import Retry
-from ._unit import UnitOfWork, current, own_sessions, refuse_removed
+from ._unit import UnitOfWork, current
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment

@@ -34,7 +34,7 @@ from sqlalchemy import MetaData, inspect
 from sqlalchemy.orm import DeclarativeBase, Query, Session, scoped_session
 from typing_extensions import Self
 
-from ._unit import check_sessions
+from ._owners import check_sessions
 
 __all__ = ["ActiveRecordMixin", "declarative_base"]
 

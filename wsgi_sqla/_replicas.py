@@ -51,7 +51,8 @@ from sqlalchemy import Connection, Engine, event, exc
 from sqlalchemy.orm import Session, scoped_session
 
 from ._fork import fork_safe, on_new_process
-from ._unit import UnitOfWork, check_seconds, current_unit
+from ._owners import check_seconds
+from ._unit import UnitOfWork, current_unit
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment

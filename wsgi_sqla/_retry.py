@@ -53,9 +53,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from ._context import current
+from ._owners import check_seconds
 from ._rejected import CommitInDoubtError, RejectedWorkError
 from ._transient import is_transient_error
-from ._unit import check_seconds, current
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment

@@ -34,8 +34,9 @@ from typing import Any, ParamSpec, TypeVar
 from sqlalchemy import Engine
 from sqlalchemy.orm import scoped_session
 
+from ._owners import own_sessions
 from ._replicas import Router
-from ._unit import UnitOfWork, own_sessions, unit_of_work
+from ._unit import UnitOfWork, unit_of_work
 
 __all__ = ["transaction"]
 

@@ -33,40 +33,32 @@ import contextlib
 import logging
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
-from sqlalchemy import Engine
 from sqlalchemy.orm import scoped_session
 from sqlalchemy.util import ThreadLocalRegistry
 
 from ._context import current
-from ._fork import adopt_pools, fork_safe
-from ._pooling import explain_pooler_failures
+from ._fork import adopt_pools
 from ._rejected import (
     CommitInDoubtError,
     Ledger,
     RejectedWorkError,
     check_flushed,
     in_doubt,
-    watch,
 )
 
 __all__ = [
-    "REMOVED_KEYWORDS",
     "Outcome",
     "StaleSessionWarning",
     "UnitOfWork",
     "after_commit",
-    "check_seconds",
-    "check_sessions",
     "current",
     "current_unit",
     "force_commit",
     "force_rollback",
     "is_live",
-    "own_sessions",
-    "refuse_removed",
     "unit_of_work",
 ]
 
@@ -110,88 +102,6 @@ def is_live(scoped: scoped_session[Any]) -> bool:
         if type(local) is _THREAD_LOCAL:
             return "value" in local.__dict__
     return registry.has()
-
-
-def check_sessions(sessions: Iterable[object], owner: str) -> tuple[scoped_session[Any], ...]:
-    """``sessions`` as a tuple, each checked to be a ``scoped_session``; at least one.
-
-    :raises TypeError: naming ``owner`` (the public API that was called) when
-        an argument is not a :class:`~sqlalchemy.orm.scoped_session`, or when
-        there is none.
-    """
-    checked: list[scoped_session[Any]] = []
-    for index, candidate in enumerate(sessions):
-        if not isinstance(candidate, scoped_session):
-            raise TypeError(
-                f"{owner}: session argument {index} must be a sqlalchemy.orm.scoped_session, "
-                f"got {type(candidate).__module__}.{type(candidate).__qualname__}; "
-                "wrap your sessionmaker: scoped_session(sessionmaker(bind=engine))"
-            )
-        checked.append(candidate)
-    if not checked:
-        raise TypeError(
-            f"{owner}: needs at least one sqlalchemy.orm.scoped_session; none was given"
-        )
-    return tuple(checked)
-
-
-def own_sessions(sessions: Iterable[object], owner: str) -> tuple[scoped_session[Any], ...]:
-    """What every owner of units does once with its sessions: check them and take them on.
-
-    :func:`check_sessions`, then: the sessions' factories are watched for
-    work the database rejects (:func:`~wsgi_sqla._rejected.watch`), and each
-    engine they are bound to is made :func:`~wsgi_sqla.fork_safe` and gets
-    the transaction-pooler explanation. Only these engines get the
-    package's listeners.
-    """
-    checked = check_sessions(sessions, owner)
-    watch(checked)
-    for scoped in checked:
-        kw: dict[str, Any] = getattr(scoped.session_factory, "kw", {})
-        binds: dict[Any, Any] = kw.get("binds") or {}
-        for bind in (kw.get("bind"), *binds.values()):
-            if isinstance(bind, Engine):
-                fork_safe(bind)
-                explain_pooler_failures(bind)
-    return checked
-
-
-#: Keywords removed before 1.0, with what to write instead.
-REMOVED_KEYWORDS: dict[str, str] = {
-    "retries": "retry=Retry(3)",
-    "retry_if": "retry=Retry(3, when=...)",
-    "retry_body_limit": "retry=Retry(3, body_limit=...)",
-    "retry_backoff": "retry=Retry(3, backoff=...)",
-    "replica_reads": "replicas=Replicas({db: [...]}, reads=...)",
-    "position_secret": "replicas=Replicas({db: [...]}, secret=...)",
-    "replica_backoff": "replicas=Replicas({db: [...]}, backoff=...)",
-    "position_max_age": "replicas=Replicas({db: [...]}, token_max_age=...)",
-    "replica_max_lag": "replicas=Replicas({db: [...]}, max_lag=...)",
-}
-
-
-def refuse_removed(owner: str, given: Mapping[str, object]) -> None:
-    """Raise ``TypeError`` for the first keyword in ``given``, naming its new spelling.
-
-    For the ``**removed`` catch-all of a public signature: a keyword the
-    package took before 1.0 gets the configuration object that replaced it,
-    any other the usual "unexpected keyword argument".
-    """
-    for name in given:
-        spelling = REMOVED_KEYWORDS.get(name)
-        if spelling is None:
-            raise TypeError(f"{owner} got an unexpected keyword argument {name!r}")
-        raise TypeError(f"{owner}: {name}= was removed; write {spelling}")
-
-
-def check_seconds(value: object, name: str, owner: str) -> float:
-    """``value`` as a float, checked to be a number of seconds (``bool`` is not one).
-
-    :raises TypeError: naming ``owner`` and the keyword ``name`` otherwise.
-    """
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{owner}: {name} must be a number of seconds, got {value!r}")
-    return float(value)
 
 
 class UnitOfWork:

@@ -46,8 +46,9 @@ from celery import Task
 from sqlalchemy import Engine
 from sqlalchemy.orm import scoped_session
 
+from ._owners import check_sessions, own_sessions
 from ._replicas import Router, committed_positions
-from ._unit import UnitOfWork, check_sessions, own_sessions, unit_of_work
+from ._unit import UnitOfWork, unit_of_work
 
 __all__ = ["POSITIONS_HEADER", "SessionTask", "task_base"]
 

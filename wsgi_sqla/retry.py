@@ -10,7 +10,6 @@ __getattr__: Callable[[str], object] = forward(
         "DEFAULT_RETRY_BODY_LIMIT": "wsgi_sqla._retry",
         "MYSQL_TRANSIENT_ERRORS": "wsgi_sqla._transient",
         "POSTGRESQL_TRANSIENT_SQLSTATES": "wsgi_sqla._transient",
-        "RetryPolicy": "wsgi_sqla._retry",
         "is_transient_error": "wsgi_sqla._transient",
         "report_bottle_exceptions": "wsgi_sqla._frameworks",
         "report_exception": "wsgi_sqla._retry",

@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy import Connection, Engine, MetaData, event
 from sqlalchemy.orm import scoped_session, sessionmaker
 
-from ._unit import UnitOfWork, own_sessions
+from ._owners import own_sessions
+from ._unit import UnitOfWork
 
 if TYPE_CHECKING:
     import sqlite3
