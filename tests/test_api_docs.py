@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 from pathlib import Path
 
@@ -22,3 +23,7 @@ TESTING_ONLY = sorted(set(wsgi_sqla.testing.__all__) - set(wsgi_sqla.__all__))
 )
 def test_public_name_is_in_the_api_reference(name: str) -> None:
     assert name in DOCUMENTED, f"docs/api.rst has no autodoc entry for {name}"
+
+
+def test_the_version_comes_from_the_package_metadata() -> None:
+    assert wsgi_sqla.__version__ == importlib.metadata.version("wsgi_sqla")

@@ -62,3 +62,8 @@ def test_several_scoped_sessions_are_accepted(scoped: Any) -> None:
     other = scoped_session(sessionmaker(bind=create_engine("sqlite://")))
     middleware = SessionMiddleware(app, scoped, other)
     assert middleware.sessions == (scoped, other)
+
+
+def test_the_same_session_given_twice_is_refused(scoped: Any) -> None:
+    with pytest.raises(ValueError, match=r"argument 1 is the same scoped_session as argument 0"):
+        SessionMiddleware(app, scoped, scoped)

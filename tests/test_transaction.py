@@ -151,6 +151,11 @@ def test_one_object_cannot_run_two_blocks_at_once(session: Any, models: Any, pro
         pass
 
 
+def test_exit_without_enter_says_how_to_write_the_block(session: Any) -> None:
+    with pytest.raises(RuntimeError, match=r"never entered; write `with transaction\(db\):`"):
+        transaction(session).__exit__(None, None, None)
+
+
 def test_one_object_can_run_blocks_one_after_the_other(
     session: Any, models: Any, probe: Any
 ) -> None:

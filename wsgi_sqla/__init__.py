@@ -21,6 +21,8 @@ This module is the whole public surface; the modules whose names start with
 an underscore are the implementation.
 """
 
+from importlib import metadata as _metadata
+
 from ._fork import fork_safe
 from ._frameworks import report_bottle_exceptions, report_flask_exceptions
 from ._middleware import CommitVeto, SessionMiddleware, default_commit_veto
@@ -82,3 +84,9 @@ __all__ = [
     "transaction_pooled",
     "use_primary",
 ]
+
+try:
+    #: The installed distribution's version (from its metadata, so it is written once).
+    __version__: str = _metadata.version("wsgi_sqla")
+except _metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"

@@ -133,8 +133,8 @@ class SessionMiddleware:
         ``retry`` not a :class:`~wsgi_sqla.Retry`), or is a keyword removed
         before 1.0 (``retries=``, ``replica_max_lag=``, ...): the message
         names the object that replaced it.
-    :raises ValueError: when ``errors`` is neither ``"respond"`` nor
-        ``"propagate"``.
+    :raises ValueError: when a session is given twice, or ``errors`` is
+        neither ``"respond"`` nor ``"propagate"``.
 
     The engines bound to the sessions are made :func:`~wsgi_sqla.fork_safe`,
     so a server that imports the application before forking its workers

@@ -35,6 +35,8 @@ def check_sessions(sessions: Iterable[object], owner: str) -> tuple[scoped_sessi
     :raises TypeError: naming ``owner`` (the public API that was called) when
         an argument is not a :class:`~sqlalchemy.orm.scoped_session`, or when
         there is none.
+    :raises ValueError: when one session is given twice (it would be
+        committed twice, and a unit would seem to own two sessions).
     """
     checked: list[scoped_session[Any]] = []
     for index, candidate in enumerate(sessions):
@@ -43,6 +45,11 @@ def check_sessions(sessions: Iterable[object], owner: str) -> tuple[scoped_sessi
                 f"{owner}: session argument {index} must be a sqlalchemy.orm.scoped_session, "
                 f"got {type(candidate).__module__}.{type(candidate).__qualname__}; "
                 "wrap your sessionmaker: scoped_session(sessionmaker(bind=engine))"
+            )
+        if candidate in checked:
+            raise ValueError(
+                f"{owner}: session argument {index} is the same scoped_session as argument "
+                f"{checked.index(candidate)}; give each session once"
             )
         checked.append(candidate)
     if not checked:

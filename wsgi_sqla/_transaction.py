@@ -98,8 +98,11 @@ class transaction:  # lower case: used like a function, as contextlib.suppress i
         :class:`sqlalchemy.orm.scoped_session`; when decorating a coroutine
         or generator function, whose body would run after the block ended;
         when ``replicas`` is not a mapping of scoped sessions to engines.
-    :raises ValueError: when a replica is another kind of database than its
-        primary, or ``replica_max_lag`` is out of range.
+    :raises RuntimeError: when ``__exit__`` is called on a block that was
+        never entered, or the object already runs a block.
+    :raises ValueError: when a session is given twice, or a replica is
+        another kind of database than its primary, or ``replica_max_lag`` is
+        out of range.
     """
 
     __slots__ = ("_block", "_start", "sessions")
@@ -137,7 +140,12 @@ class transaction:  # lower case: used like a function, as contextlib.suppress i
         traceback: TracebackType | None,
     ) -> bool | None:
         block, self._block = self._block, None
-        assert block is not None, "transaction.__exit__() without __enter__()"
+        if block is None:
+            raise RuntimeError(
+                "transaction(): __exit__() was called on a block that was never entered; "
+                "write `with transaction(db):` (or decorate a function with "
+                "@transaction(db)) instead of calling __enter__/__exit__ by hand"
+            )
         return block.__exit__(exc_type, exc, traceback)
 
     def __call__(self, func: Callable[_P, _R]) -> Callable[_P, _R]:
