@@ -38,6 +38,15 @@ from sqlalchemy.orm import scoped_session
 from typing_extensions import Never
 
 from ._errors import error_response, record, started
+from ._input import (
+    REFUSED_BODY,
+    REFUSED_HEADERS,
+    REFUSED_STATUS,
+    CountedInput,
+    refuse,
+    warn_truncated,
+    watch_input,
+)
 from ._owners import own_sessions, refuse_removed
 from ._rejected import CommitInDoubtError, RejectedWorkError
 from ._replicas import RoutedUnit, Router, default_replica_reads
@@ -241,6 +250,7 @@ class RequestUnit:
         "_finished",
         "_first",
         "_headers",
+        "_input",
         "_iterator",
         "_middleware",
         "_plain",
@@ -249,6 +259,9 @@ class RequestUnit:
         "_status",
         "unit",
     )
+
+    #: the request body's counter, set by run(); ``None`` for a request without a body
+    _input: CountedInput | None
 
     def __init__(
         self,
@@ -285,6 +298,9 @@ class RequestUnit:
         """Call the application, decide, and return the iterable for the server."""
         token = current.set(self.unit)
         environ = self._environ
+        # A body shorter than its Content-Length is never committed (see _input.py).
+        length = environ.get("CONTENT_LENGTH")
+        self._input = watch_input(environ, length) if length and length != "0" else None
         try:
             try:
                 wrapper = environ.get("wsgi.file_wrapper")
@@ -299,7 +315,11 @@ class RequestUnit:
                         )
                     finally:
                         environ["wsgi.file_wrapper"] = wrapper
-                    if self._files is not None and self._is_server_file(app_iter):
+                    if (
+                        self._files is not None
+                        and self._is_server_file(app_iter)
+                        and not self._truncated()
+                    ):
                         return self._hand_over_file(app_iter)
                 try:
                     self._iterator = iter(app_iter)
@@ -325,10 +345,30 @@ class RequestUnit:
                     raise self._failure
                 if not self._decided:
                     self._decide()
+                if self._input is not None and self._input.refused:
+                    # The 400's body replaces the application's, which close() still closes.
+                    self._first, self._iterator, self._plain = REFUSED_BODY, iter(()), True
             except BaseException as exc:
                 if self._server_write is not None:
                     record(exc).started = True
                 self._abort()
+                watched = self._input
+                if (
+                    watched is not None
+                    and watched.truncated
+                    and not watched.refused
+                    and self._server_write is None
+                    and isinstance(exc, Exception)
+                ):
+                    # It raised after its body was cut short (often because of that): 400.
+                    watched.refused = True
+                    return refuse(
+                        environ,
+                        self._server_start_response,
+                        watched.received,
+                        watched.announced,
+                        watched.failure or f"the application raised {type(exc).__name__}",
+                    )
                 raise
         finally:
             current.reset(token)
@@ -394,6 +434,9 @@ class RequestUnit:
     def _decide(self) -> None:
         """Commit or roll back, then hand the status and headers to the server."""
         self._decided = True
+        if self._truncated():
+            self._refuse()
+            return
         status = self._status
         assert status is not None
         unit = self.unit
@@ -434,6 +477,20 @@ class RequestUnit:
             )
         exc_info, self._exc_info = self._exc_info, None
         self._server_write = self._server_start_response(status, self._headers, exc_info)
+
+    def _truncated(self) -> bool:
+        return self._input is not None and self._input.truncated
+
+    def _refuse(self) -> None:
+        """The body ended before its Content-Length: roll back, answer 400 instead."""
+        watched = self._input
+        assert watched is not None
+        watched.refused = True
+        self.unit.rollback()
+        warn_truncated(self._environ, watched.received, watched.announced, watched.failure)
+        self._exc_info = None
+        self._server_start_response(REFUSED_STATUS, list(REFUSED_HEADERS))
+        self._server_write = _discard  # the application's own body does not go out
 
     def _abort(self) -> None:
         """The request failed before a response was handed over: undo, close, clean up."""
@@ -497,7 +554,18 @@ class RequestUnit:
         if unit.idle():
             return
         try:
-            if unit.commits_late_work(self._committed and self._finished):
+            watched = self._input
+            if self._committed and watched is not None and watched.truncated:
+                # The body was cut short while the response streamed: keep nothing more.
+                warn_truncated(
+                    self._environ,
+                    watched.received,
+                    watched.announced,
+                    watched.failure,
+                    "work done while the response streamed is rolled back",
+                )
+                unit.rollback()
+            elif unit.commits_late_work(self._committed and self._finished):
                 try:
                     unit.commit()
                 except Exception:
@@ -509,6 +577,10 @@ class RequestUnit:
                 unit.rollback()
         finally:
             unit.end()
+
+
+def _discard(data: bytes) -> None:
+    """The ``write()`` an application gets once its response was replaced by a 400."""
 
 
 class RoutedRequestUnit(RequestUnit):

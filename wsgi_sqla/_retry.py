@@ -21,7 +21,9 @@ to four times. An attempt is retried when:
 * and its request body could be kept for replay: it had a
   ``Content-Length`` no larger than ``body_limit`` (or no body at
   all). A body of unknown length (chunked) is never read ahead, and such a
-  request runs once.
+  request runs once. A body that ends before its ``Content-Length``, or
+  whose reading fails, is not replayed either: the request is answered
+  ``400 Bad Request`` without running the application (see ``_input.py``).
 
 Each attempt is an ordinary request: a new :class:`~wsgi_sqla.UnitOfWork`
 that rolls back and removes the sessions on failure, a fresh shallow copy of
@@ -54,6 +56,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._context import current
+from ._input import CountedInput, refuse
 from ._owners import check_seconds
 from ._rejected import CommitInDoubtError, RejectedWorkError
 from ._transient import is_transient_error
@@ -205,7 +208,11 @@ class Retry:
         self, attempt: _Attempt, environ: WSGIEnvironment, start_response: StartResponse
     ) -> Iterable[bytes]:
         """Call ``attempt(environ, start_response)``, again while it fails transiently."""
-        body = _buffer_body(environ, self.body_limit)
+        try:
+            body = _buffer_body(environ, self.body_limit)
+        except _TruncatedBody as short:
+            cut = short.watched
+            return refuse(environ, start_response, cut.received, cut.announced, cut.failure)
         if body is None:
             return attempt(environ, start_response)
         for number in range(1, self.retries + 1):
@@ -249,8 +256,20 @@ def _first_line(exc: BaseException) -> str:
     return next(iter(str(exc).strip().splitlines()), "")
 
 
+class _TruncatedBody(Exception):
+    """The request body ended before its ``Content-Length``, or reading it failed."""
+
+    def __init__(self, watched: CountedInput) -> None:
+        super().__init__(watched.received, watched.announced)
+        self.watched = watched
+
+
 def _buffer_body(environ: WSGIEnvironment, limit: int) -> bytes | None:
-    """The whole request body, or ``None`` when it cannot be kept for replay."""
+    """The whole request body, or ``None`` when it cannot be kept for replay.
+
+    :raises _TruncatedBody: when the body is shorter than its ``Content-Length``
+        or reading it raised; such a body is never replayed as if complete.
+    """
     length = environ.get("CONTENT_LENGTH")
     if not length:
         if environ.get("HTTP_TRANSFER_ENCODING"):
@@ -264,13 +283,11 @@ def _buffer_body(environ: WSGIEnvironment, limit: int) -> bytes | None:
         return None
     if size == 0:
         return b""
-    stream = environ["wsgi.input"]
-    chunks: list[bytes] = []
-    remaining = size
-    while remaining:
-        chunk = stream.read(remaining)
-        if not chunk:
-            break  # the client sent less than it announced; replay what came
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
+    watched = CountedInput(environ["wsgi.input"], size)
+    try:
+        body = watched.read()
+    except Exception:
+        raise _TruncatedBody(watched) from None  # the client went away mid-body
+    if watched.truncated:
+        raise _TruncatedBody(watched)
+    return body
