@@ -14,7 +14,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from support import Models, Probe
 
-from wsgi_sqla import ActiveRecordMixin, declarative_base
+from wsgi_sqla import ActiveRecordMixin, declarative_base, transaction
+from wsgi_sqla.testing import RoundTrips, count_round_trips
 
 
 def test_save_flushes_at_once_and_returns_the_instance(session: Any, models: Models) -> None:
@@ -193,3 +194,15 @@ def test_mixin_gives_the_same_methods_to_your_own_declarative_base(
     finally:
         session.remove()
         Base.metadata.drop_all(engine)
+
+
+@pytest.mark.parametrize(("savepoint", "statements"), [(False, 1), (True, 3)])
+def test_a_save_in_a_savepoint_costs_two_more_statements(
+    session: Any, models: Models, engine: Engine, savepoint: bool, statements: int
+) -> None:
+    """SAVEPOINT and RELEASE SAVEPOINT around the INSERT; nothing else changes."""
+    with count_round_trips(engine) as trips, transaction(session):
+        models.User(name="ann").save(savepoint=savepoint)
+    assert trips == RoundTrips(
+        statements=statements, begin=1, commit=1, rollback=0, checkouts=1, resets=1
+    )
