@@ -51,9 +51,12 @@ def _public_data_docstring(app, what, name, obj, options, lines):  # type: ignor
     if what != "data" or module != "wsgi_sqla":
         return
     for private in sorted(
-        m for m in vars(wsgi_sqla) if m.startswith("_") and not m.startswith("__")
+        value.__name__
+        for value in vars(wsgi_sqla).values()
+        if getattr(value, "__name__", "").startswith("wsgi_sqla._")
+        and type(value).__name__ == "module"
     ):
-        analyzer = ModuleAnalyzer.for_module(f"wsgi_sqla.{private}")
+        analyzer = ModuleAnalyzer.for_module(private)
         comment = analyzer.find_attr_docs().get(("", attribute))
         if comment:
             lines[:] = list(comment)
