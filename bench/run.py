@@ -93,7 +93,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--output-dir",
         type=Path,
         default=HERE,
-        help="where results.md, results.rst and results.png go (default: %(default)s)",
+        help="where results.rst and results.png go (default: %(default)s)",
     )
     parser.add_argument(
         "--replicas",
@@ -223,7 +223,7 @@ def _method(settings: Settings, e2e: bool) -> list[str]:
             "On SQLite each system's server has its own database file: repoze.tm2 (2.3) "
             "commits or aborts only after the body was iterated to its end; when the server "
             "closes the body early because the client went away (wrk does at the end of "
-            "each point), its generator gets GeneratorExit, which its `except Exception` "
+            "each point), its generator gets GeneratorExit, which its ``except Exception`` "
             "does not catch, so the transaction stays open, holding SQLite's write lock "
             "until that worker's next request, and would stall the other systems' servers."
         )
@@ -414,9 +414,10 @@ def main(argv: list[str] | None = None) -> None:
             run.databases.append(_measure(name, url, settings, e2e, Path(tmp)))
         run.machine.append(f"load average (1, 5, 15 min) at end: {_load()}")
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    text = report.markdown(run)
-    (args.output_dir / "results.md").write_text(text)
-    (args.output_dir / "results.rst").write_text(report.rst(run))
+    text = report.rst(run)
+    (args.output_dir / "results.rst").write_text(text)
     report.plot(run, args.output_dir / "results.png")
     print(text)
-    print(f"wrote results.md, results.rst (for the README) and results.png in {args.output_dir}")
+    print(
+        f"wrote results.rst (docs/benchmarks.rst includes it) and results.png in {args.output_dir}"
+    )
