@@ -99,7 +99,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--replicas",
         action="store_true",
         help="instead: read-heavy traffic (90/10) on a primary alone and with one replica, "
-        "on throwaway PostgreSQL and MariaDB clusters (writes replicas.md)",
+        "on throwaway PostgreSQL and MariaDB clusters (writes replicas.rst)",
     )
     parser.add_argument(
         "--profile",
@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> None:
             kinds,
             rounds=1 if args.quick else 3,
             seconds=3 if args.quick else 5,
-            output=args.output_dir / "replicas.md",
+            output=args.output_dir / "replicas.rst",
         )
         return
     with tempfile.TemporaryDirectory(prefix="wsgi_sqla_bench_") as tmp:
