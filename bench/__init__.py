@@ -11,7 +11,8 @@ the machine is doing falls on all of them alike:
 * :mod:`bench.inprocess` times the WSGI applications called directly and counts
   their SQL round trips with :func:`wsgi_sqla.testing.count_round_trips`;
 * :mod:`bench.endtoend` measures requests per second through gunicorn;
-* :mod:`bench.report` writes ``bench/results.md`` and ``bench/results.png``;
+* :mod:`bench.report` writes ``bench/results.rst`` (included by docs/benchmarks.rst)
+  and ``bench/results.png``;
 * ``python -m bench`` (:mod:`bench.run`) runs all of it.
 
 ``bench/isolation.py`` is a separate script (``python bench/isolation.py``)

@@ -19,6 +19,10 @@ database, then times, test by test, three ways of running the same test body:
     the body with no isolation at all (and fresh names each time), to show
     what the two add to it.
 
+It prints each database's figures, and writes the table that
+docs/testing.rst includes to ``bench/isolation.rst`` (``--output``): the
+median and 95th percentile of each way, per database.
+
 The body is one POST through ``SessionMiddleware`` (WebTest) that inserts an
 account, a user, a project and a task, then one GET that reads them back.
 The tables are dropped at the end. Figures are per test, in milliseconds,
@@ -37,6 +41,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import webob
@@ -58,6 +63,7 @@ from sqlalchemy import (
     create_engine,
     func,
     insert,
+    make_url,
     select,
 )
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
@@ -242,6 +248,48 @@ def report(url: str, results: dict[str, list[float]]) -> None:
     print(f"  added to the body (median): reset_schema {reset:.2f} ms, isolated {iso:.2f} ms")
 
 
+_DIALECTS = {"postgresql": "PostgreSQL", "mariadb": "MariaDB", "mysql": "MySQL", "sqlite": "SQLite"}
+
+
+def label(url: str) -> str:
+    """``PostgreSQL 127.0.0.1``, ``SQLite file``: the database, never the credentials."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    return f"{_DIALECTS.get(backend, backend)} {parsed.host or 'file'}"
+
+
+def _median_p95(times: list[float]) -> str:
+    ordered = sorted(times)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return f"{statistics.median(times):.2f} ({p95:.2f})"
+
+
+def rst(runs: dict[str, dict[str, list[float]]], tests: int, warmup: int) -> str:
+    """The table docs/testing.rst includes: median (p95) ms per test, per database and way."""
+    header = '"per test, median (p95), ms", "``reset_schema``", "``wsgi_sqla_db``", "body alone"'
+    lines = [
+        ".. Written by python bench/isolation.py; do not edit by hand.",
+        "",
+        ".. csv-table::",
+        f"   :header: {header}",
+        "",
+    ]
+    for name, results in runs.items():
+        cells = [
+            name,
+            *(_median_p95(results[way]) for way in ("reset_schema", "isolated", "body only")),
+        ]
+        lines.append("   " + ", ".join(f'"{cell}"' for cell in cells))
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    lines += [
+        "",
+        f"{tests} tests of each way per database after {warmup} uncounted warm-up tests; "
+        f"{os.cpu_count()} logical cores, load average (1, 5, 15 min) at the end: {load}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -249,12 +297,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--tests", type=int, default=50, help="tests per way (default 50)")
     parser.add_argument("--warmup", type=int, default=5, help="uncounted tests first (default 5)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path(__file__).resolve().with_name("isolation.rst"),
+        help="the table for docs/testing.rst (default: bench/isolation.rst)",
+    )
     args = parser.parse_args(argv)
     urls = args.urls or [os.environ.get("WSGI_SQLA_POSTGRESQL_URL", "")]
     if not all(urls):
         parser.error("give a database URL or set WSGI_SQLA_POSTGRESQL_URL")
+    runs = {}
     for url in urls:
-        report(url, run(url, args.tests, args.warmup))
+        runs[label(url)] = results = run(url, args.tests, args.warmup)
+        report(url, results)
+    args.output.write_text(rst(runs, args.tests, args.warmup))
+    print(f"\nwrote {args.output}")
     return 0
 
 

@@ -10,7 +10,7 @@ and once with ``replicas={db: [replica]}``, and drives each with wrk
 token carried back in the header). The two setups alternate over the rounds.
 Reported: requests per second, p99 latency, and the share of reads the
 replica served (the app reports the server's own port, read in the same
-SELECT).
+SELECT), in ``bench/replicas.rst``, for docs/deploying/replicas.rst to include.
 """
 
 from __future__ import annotations
@@ -100,26 +100,35 @@ def measure(kind: str, rounds: int, seconds: int) -> tuple[str, list[Setup]]:
         return f"{kind} {version}", [alone, replicated]
 
 
+def _csv(cells: list[str]) -> str:
+    return ", ".join(f'"{cell}"' for cell in cells)
+
+
 def table(results: list[tuple[str, list[Setup]]]) -> str:
-    lines = [
-        "| database | setup | req/s | p99 (ms) | reads served by the replica |",
-        "| --- | --- | ---: | ---: | ---: |",
-    ]
+    """The results as a reStructuredText csv-table (``bench/replicas.rst``)."""
+    header = ["database", "setup", "req/s", "p99 (ms)", "reads served by the replica"]
+    lines = [".. csv-table::", f"   :header: {_csv(header)}", ""]
     for server, setups in results:
         for setup in setups:
-            lines.append(
-                f"| {server} | {setup.label} | {setup.median('rate'):.0f} "
-                f"| {setup.median('p99_ms'):.1f} | {100 * setup.median('replica_share'):.1f} % |"
-            )
+            row = [
+                server,
+                setup.label,
+                f"{setup.median('rate'):.0f}",
+                f"{setup.median('p99_ms'):.1f}",
+                f"{100 * setup.median('replica_share'):.1f} %",
+            ]
+            lines.append(f"   {_csv(row)}")
     return "\n".join(lines)
 
 
 def main(kinds: list[str], rounds: int, seconds: int, output: Path) -> None:
     endtoend.wrk_version()
     results = [measure(kind, rounds, seconds) for kind in kinds]
-    text = table(results)
+    text = ".. Written by python -m bench --replicas (bench/replicas.py); do not edit by hand.\n\n"
+    text += table(results)
     note = (
-        f"\n\nwrk -t1 -c4, {seconds} s per point after a 1 s warm-up, {rounds} rounds with the "
+        "\n\n"
+        f"wrk -t1 -c4, {seconds} s per point after a 1 s warm-up, {rounds} rounds with the "
         "two setups alternating, medians shown; gunicorn 2 sync workers; primary and replica "
         "on the same 2-core machine as gunicorn and wrk.\n"
     )

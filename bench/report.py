@@ -1,4 +1,7 @@
-"""The results: a markdown table per database, the targets checked, and a plot.
+"""The results: a table per database, the targets checked, and a plot.
+
+:func:`rst` writes ``bench/results.rst``, which docs/benchmarks.rst includes
+(``.. include::``): the one results file, so the page always shows one run.
 
 Everything written here is computed from the measurements of the run that
 writes it; the targets are checked against those same figures, so a missed
@@ -15,7 +18,7 @@ from .apps import LOWER_BOUND, REQUESTS
 from .endtoend import EndToEnd
 from .inprocess import Timing
 
-__all__ = ["DatabaseResults", "Run", "markdown", "plot", "targets"]
+__all__ = ["DatabaseResults", "Run", "plot", "rst", "targets"]
 
 TRIPS = ("statements", "begin", "commit", "rollback", "checkouts", "resets")
 
@@ -52,41 +55,6 @@ class Run:
 
 def _count(value: float) -> str:
     return str(int(value)) if value == int(value) else f"{value:.2f}"
-
-
-def _table(db: DatabaseResults, systems: Sequence[str]) -> list[str]:
-    e2e = db.end_to_end
-    head = (
-        "| request | system | median µs | IQR µs | vs lower bound "
-        "| stmts | BEGIN | COMMIT | ROLLBACK | checkouts | pool resets |"
-    )
-    rule = "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
-    if e2e is not None:
-        head += " req/s (gunicorn) | rounds' range | vs lower bound |"
-        rule += "--:|--:|--:|"
-    lines = [head, rule]
-    for request in REQUESTS:
-        label = request.label
-        for system in systems:
-            timing = db.timings[label, system]
-            q1, q3 = timing.quartiles_us
-            trips = db.trips[label, system]
-            name = f"**{system}**" if system == "wsgi_sqla" else system
-            row = (
-                f"| {label} | {name} | {timing.median_us:.1f} | {q1:.1f}-{q3:.1f} "
-                f"| {db.ratio(label, system):.3f} | "
-                + " | ".join(_count(trips[k]) for k in TRIPS)
-                + " |"
-            )
-            if e2e is not None:
-                point = e2e[label, system]
-                ratio = point.ratio_to(e2e[label, LOWER_BOUND])
-                row += (
-                    f" {point.median:.0f} | {min(point.rates):.0f}-{max(point.rates):.0f} "
-                    f"| {ratio:.3f} |"
-                )
-            lines.append(row)
-    return lines
 
 
 def targets(db: DatabaseResults, systems: Sequence[str]) -> list[str]:
@@ -148,84 +116,53 @@ def targets(db: DatabaseResults, systems: Sequence[str]) -> list[str]:
     return out
 
 
-def markdown(run: Run) -> str:
-    """The whole results file as markdown."""
-    lines = [
-        "# wsgi_sqla benchmark results",
-        "",
-        f"Measured {run.date} by `python -m bench{' --quick' if run.mode == 'quick' else ''}`"
-        f" ({run.mode} mode). Written by the benchmark itself; do not edit by hand.",
-        "",
-        "## Machine",
-        "",
-        *(f"- {line}" for line in run.machine),
-        "",
-        "## Versions",
-        "",
-        *(f"- {line}" for line in run.versions),
-        "",
-        "## How the numbers were taken",
-        "",
-        *(f"- {line}" for line in run.method),
-    ]
-    if run.overhead is not None:
-        lines += ["", "## SessionMiddleware alone", ""]
-        lines += ["| application | median µs | IQR µs |", "|---|--:|--:|"]
-        for name, timing in run.overhead.items():
-            q1, q3 = timing.quartiles_us
-            lines.append(f"| {name} | {timing.median_us:.2f} | {q1:.2f}-{q3:.2f} |")
-        bare, wrapped = run.overhead.values()
-        lines += [
-            "",
-            f"SessionMiddleware adds {wrapped.excess_over_us(bare):.2f} µs "
-            "to a request that never touches the database.",
-        ]
-    for db in run.databases:
-        lines += ["", f"## {db.name} ({db.server})", "", *_table(db, run.systems), ""]
-        lines += ["Targets for wsgi_sqla:", "", *(f"- {t}" for t in targets(db, run.systems))]
-    if run.notes:
-        lines += ["", "## Notes", "", *(f"- {n}" for n in run.notes)]
-    return "\n".join(lines) + "\n"
-
-
 def _csv(cells: Sequence[str]) -> str:
     return ", ".join(f'"{cell}"' for cell in cells)
 
 
 def rst(run: Run) -> str:
-    """The results as reStructuredText, for the README's Benchmarks section."""
+    """The whole results file, ``bench/results.rst``, as reStructuredText."""
+    quick = " --quick" if run.mode == "quick" else ""
     lines = [
-        f"Measured {run.date} by ``python -m bench{' --quick' if run.mode == 'quick' else ''}``"
-        f" ({run.mode} mode) on {'; '.join(run.machine)}.",
+        ".. Written by python -m bench (bench/report.py); do not edit by hand.",
+        "",
+        f"Measured {run.date} by ``python -m bench{quick}`` ({run.mode} mode) on "
+        f"{'; '.join(run.machine)}.",
         "",
         f"Versions: {'; '.join(run.versions)}.",
+        "",
+        "How these figures were taken:",
+        "",
+        *(f"* {line}" for line in run.method),
         "",
     ]
     if run.overhead is not None:
         bare, wrapped = run.overhead.values()
         lines += [
-            f"``SessionMiddleware`` alone, around a bare WSGI app that never touches the "
-            f"database: {bare.median_us:.2f} µs bare, {wrapped.median_us:.2f} µs wrapped, "
-            f"so it adds {wrapped.excess_over_us(bare):.2f} µs.",
+            "``SessionMiddleware`` alone, around a bare WSGI app that never touches the "
+            f"database: {_median_iqr(bare)} bare, {_median_iqr(wrapped)} wrapped, so it "
+            f"adds {wrapped.excess_over_us(bare):.2f} µs.",
             "",
         ]
     for db in run.databases:
         e2e = db.end_to_end
-        header = ["request", "system", "median µs", "vs lower bound", "stmts", "checkouts"]
+        header = ["request", "system", "median µs", "IQR µs", "vs lower bound", "stmts"]
+        header += ["BEGIN", "COMMIT", "ROLLBACK", "checkouts", "pool resets"]
         if e2e is not None:
             header += ["req/s (gunicorn)", "rounds' range", "req/s vs lower bound"]
         lines += [f".. csv-table:: {db.name} ({db.server})", f"   :header: {_csv(header)}", ""]
         for request in REQUESTS:
             for system in run.systems:
                 timing = db.timings[request.label, system]
+                q1, q3 = timing.quartiles_us
                 trips = db.trips[request.label, system]
                 row = [
                     request.label,
                     system,
                     f"{timing.median_us:.1f}",
+                    f"{q1:.1f}-{q3:.1f}",
                     f"{db.ratio(request.label, system):.3f}",
-                    _count(trips["statements"]),
-                    _count(trips["checkouts"]),
+                    *(_count(trips[k]) for k in TRIPS),
                 ]
                 if e2e is not None:
                     point = e2e[request.label, system]
@@ -238,7 +175,14 @@ def rst(run: Run) -> str:
         lines += ["", f"Targets for wsgi_sqla on {db.name}:", ""]
         lines += [f"* {target}" for target in targets(db, run.systems)]
         lines.append("")
+    if run.notes:
+        lines += ["Notes:", "", *(f"* {note}" for note in run.notes), ""]
     return "\n".join(lines)
+
+
+def _median_iqr(timing: Timing) -> str:
+    q1, q3 = timing.quartiles_us
+    return f"{timing.median_us:.2f} µs (IQR {q1:.2f}-{q3:.2f})"
 
 
 def plot(run: Run, path: Path) -> None:

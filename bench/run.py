@@ -93,13 +93,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--output-dir",
         type=Path,
         default=HERE,
-        help="where results.md, results.rst and results.png go (default: %(default)s)",
+        help="where results.rst and results.png go (default: %(default)s)",
     )
     parser.add_argument(
         "--replicas",
         action="store_true",
         help="instead: read-heavy traffic (90/10) on a primary alone and with one replica, "
-        "on throwaway PostgreSQL and MariaDB clusters (writes replicas.md)",
+        "on throwaway PostgreSQL and MariaDB clusters (writes replicas.rst)",
     )
     parser.add_argument(
         "--profile",
@@ -223,7 +223,7 @@ def _method(settings: Settings, e2e: bool) -> list[str]:
             "On SQLite each system's server has its own database file: repoze.tm2 (2.3) "
             "commits or aborts only after the body was iterated to its end; when the server "
             "closes the body early because the client went away (wrk does at the end of "
-            "each point), its generator gets GeneratorExit, which its `except Exception` "
+            "each point), its generator gets GeneratorExit, which its ``except Exception`` "
             "does not catch, so the transaction stays open, holding SQLite's write lock "
             "until that worker's next request, and would stall the other systems' servers."
         )
@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> None:
             kinds,
             rounds=1 if args.quick else 3,
             seconds=3 if args.quick else 5,
-            output=args.output_dir / "replicas.md",
+            output=args.output_dir / "replicas.rst",
         )
         return
     with tempfile.TemporaryDirectory(prefix="wsgi_sqla_bench_") as tmp:
@@ -414,9 +414,10 @@ def main(argv: list[str] | None = None) -> None:
             run.databases.append(_measure(name, url, settings, e2e, Path(tmp)))
         run.machine.append(f"load average (1, 5, 15 min) at end: {_load()}")
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    text = report.markdown(run)
-    (args.output_dir / "results.md").write_text(text)
-    (args.output_dir / "results.rst").write_text(report.rst(run))
+    text = report.rst(run)
+    (args.output_dir / "results.rst").write_text(text)
     report.plot(run, args.output_dir / "results.png")
     print(text)
-    print(f"wrote results.md, results.rst (for the README) and results.png in {args.output_dir}")
+    print(
+        f"wrote results.rst (docs/benchmarks.rst includes it) and results.png in {args.output_dir}"
+    )
