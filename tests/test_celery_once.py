@@ -325,3 +325,22 @@ def test_a_key_callable_returning_something_else_than_a_str_fails_the_call(
     with pytest.raises(TypeError, match="must return a non-empty str"):
         numbered.apply(args=("a",), task_id="id").get()
     assert runs == []
+
+
+class DbTask(SessionTask):  # type: ignore[type-arg]
+    sessions = (once_db,)
+
+
+@app.task(base=DbTask, once=True, shared=False)
+def add_effect_with_the_celery_option(label: str) -> str:
+    runs.append(label)
+    Effect(label=label).save()
+    return label
+
+
+def test_once_as_an_option_of_celerys_task_decorator(tables: Engine) -> None:
+    add_effect_with_the_celery_option.apply(args=("a",), task_id="id").get()
+    add_effect_with_the_celery_option.apply(args=("a",), task_id="id").get()
+
+    assert runs == ["a"]
+    assert effects(tables) == ["a"]
