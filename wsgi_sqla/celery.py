@@ -46,11 +46,12 @@ from celery import Task
 from sqlalchemy import Engine
 from sqlalchemy.orm import scoped_session
 
+from ._once import TaskRuns, run_once, task_key, task_runs
 from ._owners import check_sessions, own_sessions
 from ._replicas import Router, committed_positions
 from ._unit import UnitOfWork, unit_of_work
 
-__all__ = ["POSITIONS_HEADER", "SessionTask", "task_base"]
+__all__ = ["POSITIONS_HEADER", "SessionTask", "TaskRuns", "task_base", "task_runs"]
 
 #: The task message header that carries the positions of the commit it follows.
 POSITIONS_HEADER = "wsgi_sqla_positions"
@@ -88,7 +89,10 @@ class SessionTask(Task[_P, _R_co]):
     * with ``replicas`` set, a call runs on a replica only if the replica has
       replayed the commit the task was enqueued after (if any), and on the
       primary otherwise; a write there raises
-      :class:`~wsgi_sqla.ReplicaWriteError` and writes nothing.
+      :class:`~wsgi_sqla.ReplicaWriteError` and writes nothing;
+    * with ``once`` set, a call whose key (the task id, or what ``once``
+      derives from the arguments) was already committed does not run the
+      body again: see :ref:`once`.
     """
 
     #: The scoped sessions each call of the task commits or rolls back.
@@ -98,12 +102,17 @@ class SessionTask(Task[_P, _R_co]):
     #: Seconds behind its primary above which a replica is not used (``None``: no bound).
     replica_max_lag: ClassVar[float | None] = 30.0
     _router: ClassVar[Router | None] = None
+    #: ``True``: record each call's task id with its work and never run a committed id
+    #: again; a callable: the key is ``once(*args, **kwargs)`` instead (see :ref:`once`).
+    once: ClassVar[bool | Callable[..., str]] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         owner = cls.__qualname__
         if "sessions" in cls.__dict__:
             cls.sessions = own_sessions(cls.__dict__["sessions"], f"{owner}.sessions")
+        if "once" in cls.__dict__ and not isinstance(cls.once, bool) and not callable(cls.once):
+            raise TypeError(f"{owner}.once must be True, False or a callable, got {cls.once!r}")
         if "replicas" in cls.__dict__ or "replica_max_lag" in cls.__dict__:
             cls._router = None
             if cls.replicas is not None:
@@ -125,6 +134,12 @@ class SessionTask(Task[_P, _R_co]):
         if router is not None:
             carried = router.carried(self.request.get(POSITIONS_HEADER))
             start = functools.partial(router.unit, replica_ok=True, token=carried, what="task")
+        once = type(self).once
+        if once is not False:
+            key = task_key(once, self.request.id, args, kwargs)
+            if key is not None:
+                body = super().__call__
+                return run_once(self.name, key, sessions, start, body, args, kwargs)  # type: ignore[no-any-return]
         with unit_of_work(sessions, start):
             return super().__call__(*args, **kwargs)
 
@@ -140,18 +155,22 @@ def task_base(
     *sessions: scoped_session[Any],
     replicas: Mapping[scoped_session[Any], Sequence[Engine]] | None = None,
     replica_max_lag: float | None = 30.0,
+    once: bool | Callable[..., str] = False,
 ) -> type[SessionTask[Any, Any]]:
     """A :class:`SessionTask` subclass whose ``sessions`` are ``sessions``.
 
     ``@celery_app.task(base=task_base(db))`` or
     ``Celery(..., task_cls=task_base(db))``; with ``replicas``, its tasks
-    read from replicas (see :class:`SessionTask`).
+    read from replicas (see :class:`SessionTask`); with ``once``, each task
+    id (or key) runs its body once (see :ref:`once`).
 
     :raises TypeError: when no session is given, or one is not a
         :class:`sqlalchemy.orm.scoped_session`.
     """
     checked = check_sessions(sessions, "task_base()")
     attributes: dict[str, Any] = {"sessions": checked, "__module__": __name__}
+    if once is not False:
+        attributes["once"] = once
     if replicas is not None:
         attributes["replicas"] = replicas
         attributes["replica_max_lag"] = replica_max_lag
