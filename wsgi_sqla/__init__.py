@@ -30,6 +30,7 @@ from ._rejected import CommitInDoubtError, RejectedWorkError
 from ._replicas import (
     POSITION_COOKIE,
     POSITION_HEADER,
+    Replicas,
     ReplicaWriteError,
     committed_positions,
     default_replica_reads,
@@ -58,6 +59,7 @@ __all__ = [
     "CommitVeto",
     "RejectedWorkError",
     "ReplicaWriteError",
+    "Replicas",
     "SessionMiddleware",
     "StaleSessionWarning",
     "TransactionPoolerWarning",

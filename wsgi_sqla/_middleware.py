@@ -28,20 +28,20 @@ ended normally.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine
 from sqlalchemy.orm import scoped_session
+from typing_extensions import Never
 
 from ._fork import dispose_in_children
 from ._rejected import CommitInDoubtError, RejectedWorkError
-from ._replicas import RoutedUnit, Router, default_replica_reads
+from ._replicas import Replicas, RoutedUnit, check_replicas
 from ._retry import DEFAULT_RETRY_BODY_LIMIT, RetryPolicy
 from ._transient import is_transient_error
-from ._unit import UnitOfWork, check_sessions, current
+from ._unit import UnitOfWork, check_sessions, current, refuse_removed
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -97,30 +97,10 @@ class SessionMiddleware:
         or one of unknown length, is not retried.
     :param retry_backoff: seconds to wait before the first retry; doubled
         for each further one, jittered by ±50%, capped at one second.
-    :param replicas: ``{scoped_session: [replica_engine, ...]}``: read
-        replicas of each session's primary (the session must be bound to one
-        engine). A request the ``replica_reads`` predicate accepts runs all its
-        work on one replica, in a read-only transaction, unless it calls
-        :func:`~wsgi_sqla.use_primary` first; every other request runs on the
-        primary, and one that commits a write answers with a position token
-        (cookie :data:`~wsgi_sqla.POSITION_COOKIE` and header
-        :data:`~wsgi_sqla.POSITION_HEADER`) that keeps the client's reads on
-        replicas that have replayed that write. ``None``, the default, turns
-        all of this off at no cost. See the "Read replicas" page.
-    :param replica_reads: ``replica_reads(environ) -> bool``, which requests may
-        read from a replica; defaults to :func:`~wsgi_sqla.default_replica_reads`
-        (GET, HEAD, OPTIONS).
-    :param position_secret: when set (at least 16 characters, the same in every
-        process), tokens are signed with HMAC-SHA256 and an unsigned or
-        badly signed one is ignored; without it a forged token can only send
-        the forger's own reads to the primary.
-    :param replica_backoff: seconds a replica that failed is skipped before it
-        is tried again (0 to 30, default 5).
-    :param position_max_age: seconds a token stays valid (default 30).
-    :param replica_max_lag: a replica measured more than this many seconds
-        behind its primary is skipped by requests without a token too
-        (default 30; ``None`` turns the bound and its background measurement
-        off).
+    :param replicas: a :class:`~wsgi_sqla.Replicas` object: send the requests
+        its ``reads`` predicate accepts to read replicas, with read-your-writes;
+        see :class:`~wsgi_sqla.Replicas`. ``None``, the default, turns all of
+        this off at no cost.
     :param errors: what a request whose application raised, or whose commit
         failed, gives the server while nothing of its response was sent.
         ``"respond"`` (the default): the middleware answers ``500 Internal
@@ -134,7 +114,9 @@ class SessionMiddleware:
         expects; the server then answers (or, uWSGI, drops the connection).
         Once the response has begun, an exception always propagates.
     :raises TypeError: when an argument has the wrong type (``app`` or
-        ``commit_veto`` not callable, a session not a ``scoped_session``).
+        ``commit_veto`` not callable, a session not a ``scoped_session``,
+        ``replicas`` not a :class:`~wsgi_sqla.Replicas`), or for a keyword
+        removed before 1.0 (the message gives its new spelling).
     :raises ValueError: when a retry keyword is negative, or ``errors`` is
         neither ``"respond"`` nor ``"propagate"``.
 
@@ -158,14 +140,11 @@ class SessionMiddleware:
         retry_if: Callable[[BaseException], bool] = is_transient_error,
         retry_body_limit: int = DEFAULT_RETRY_BODY_LIMIT,
         retry_backoff: float = 0.01,
-        replicas: Mapping[scoped_session[Any], Sequence[Engine]] | None = None,
-        replica_reads: Callable[[WSGIEnvironment], bool] = default_replica_reads,
-        position_secret: str | bytes | None = None,
-        replica_backoff: float = 5.0,
-        position_max_age: float = 30.0,
-        replica_max_lag: float | None = 30.0,
+        replicas: Replicas | None = None,
         errors: str = "respond",
+        **removed: Never,
     ) -> None:
+        refuse_removed("SessionMiddleware", removed)
         if not callable(app):
             raise TypeError(
                 f"SessionMiddleware: app must be a WSGI application (a callable), got {app!r}"
@@ -188,20 +167,12 @@ class SessionMiddleware:
         policy = RetryPolicy(retries, retry_if, retry_body_limit, retry_backoff)
         self.retry: RetryPolicy | None = policy if policy.retries else None
         dispose_in_children(self.sessions)
-        self.router: Router | None = None
+        self.replicas: Replicas | None = check_replicas(replicas, "SessionMiddleware")
         #: What serves one attempt of a request: chosen here, once, so that only a
         #: middleware with replicas pays for routing and the plain path has no branch.
-        self._request: type[RequestUnit] = RequestUnit
-        if replicas is not None:
-            self.router = Router(
-                replicas,
-                reads=replica_reads,
-                secret=position_secret,
-                backoff=replica_backoff,
-                max_age=position_max_age,
-                max_lag=replica_max_lag,
-            )
-            self._request = RoutedRequestUnit
+        self._request: type[RequestUnit] = (
+            RequestUnit if self.replicas is None else RoutedRequestUnit
+        )
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         try:
@@ -586,6 +557,6 @@ class RoutedRequestUnit(RequestUnit):
         self._server_start_response = partial(self.unit.route.start_response, start_response)
 
     def _start_unit(self, middleware: SessionMiddleware, environ: WSGIEnvironment) -> RoutedUnit:
-        router = middleware.router
-        assert router is not None
-        return router.request_unit(middleware.sessions, environ)
+        replicas = middleware.replicas
+        assert replicas is not None
+        return replicas.request_unit(middleware.sessions, environ)
