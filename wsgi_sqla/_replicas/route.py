@@ -59,7 +59,7 @@ class Route:
         "did_commit",
         "on_primary",
         "replica_ok",
-        "router",
+        "replicas",
         "token",
         "token_drop",
         "what",
@@ -67,9 +67,9 @@ class Route:
     )
 
     def __init__(
-        self, router: Replicas, replica_ok: bool, token: Token | None, what: str = "unit of work"
+        self, replicas: Replicas, replica_ok: bool, token: Token | None, what: str = "unit of work"
     ) -> None:
-        self.router: Replicas = router
+        self.replicas: Replicas = replicas
         #: how errors name the unit: "request", "transaction() block", "task".
         self.what: str = what
         self.replica_ok: bool = replica_ok
@@ -98,7 +98,7 @@ class Route:
 
     def replica_for(self, engine: Engine) -> Replica | None:
         """The state of the replica over ``engine`` (for the engine's error listener)."""
-        for primary in self.router.primaries:
+        for primary in self.replicas.primaries:
             for replica in primary.replicas:
                 if replica.engine is engine:
                     return replica
@@ -118,7 +118,7 @@ class Route:
         if not self.wrote:
             return
         positions = []
-        for primary in self.router.primaries:
+        for primary in self.replicas.primaries:
             position = None
             if primary.index in self.wrote:
                 connection = self.connections.get(primary.index)
@@ -139,7 +139,7 @@ class Route:
         """
         if status[:1] not in ("1", "2", "3"):
             return
-        tokens = self.router.tokens
+        tokens = self.replicas.tokens
         if self.committed is not None:
             value = tokens.encode(self.committed)
             headers.append(("Set-Cookie", tokens.cookie(value, tokens.max_age)))
@@ -196,7 +196,7 @@ class Route:
         return connection
 
     def _replica(self, primary: Primary) -> Connection | None:
-        router = self.router
+        replicas = self.replicas
         wanted = self.token.positions[primary.index] if self.token is not None else ""
         dialect = primary.dialect
         # In turn order: a replica already seen at the position needs no check;
@@ -205,7 +205,7 @@ class Route:
         # the replicas in turn is also how the token learns it can be dropped.
         checked = False
         chosen: Connection | None = None
-        for replica in candidates(primary.replicas, time.monotonic(), router.turns):
+        for replica in candidates(primary.replicas, time.monotonic(), replicas.turns):
             needs_check = bool(wanted) and not dialect.reached(replica.position, wanted)
             if needs_check and checked:
                 continue
@@ -234,6 +234,6 @@ class Route:
             # caught-up replica, another may still lag (GitLab #413203).
             self.token_drop = all(
                 not position or all(p.dialect.reached(r.position, position) for r in p.replicas)
-                for p, position in zip(router.primaries, self.token.positions, strict=True)
+                for p, position in zip(replicas.primaries, self.token.positions, strict=True)
             )
         return chosen

@@ -64,7 +64,7 @@ class RoutedUnit(UnitOfWork):
             return
         positions = {
             primary.label: position
-            for primary, position in zip(route.router.primaries, route.committed, strict=True)
+            for primary, position in zip(route.replicas.primaries, route.committed, strict=True)
             if position
         }
         token = _committed.set(positions)
@@ -102,7 +102,7 @@ def route_session_creation(scoped: scoped_session[Any]) -> None:
         unit = current_unit()
         if isinstance(unit, RoutedUnit):
             route = unit.route
-            for primary in route.router.primaries:
+            for primary in route.replicas.primaries:
                 if primary.scoped is scoped:
                     route.attach(session, primary)
                     break
