@@ -16,7 +16,7 @@ from sqlalchemy import String, create_engine, insert, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, scoped_session, sessionmaker
 
-from wsgi_sqla import SessionMiddleware
+from wsgi_sqla import Replicas, SessionMiddleware
 
 ROWS = 1000
 
@@ -66,7 +66,7 @@ def build(primary_url: str, replica_urls: list[str]) -> Any:
     if not replica_urls:
         return SessionMiddleware(app, db)
     replicas = [create_engine(url) for url in replica_urls]
-    return SessionMiddleware(app, db, replicas={db: replicas})
+    return SessionMiddleware(app, db, replicas=Replicas({db: replicas}))
 
 
 if os.environ.get("PRIMARY_URL"):

@@ -5,7 +5,7 @@ Starts its own throwaway clusters with the test suite's helper
 replica, MariaDB primary + one GTID replica, on free 127.0.0.1 ports,
 stopped at the end), then serves ``bench/replica_app.py`` with gunicorn (2
 sync workers) twice per database, once with ``SessionMiddleware(app, db)``
-and once with ``replicas={db: [replica]}``, and drives each with wrk
+and once with ``replicas=Replicas({db: [replica]})``, and drives each with wrk
 (``bench/replicas.lua``: 90 % GET of a random row, 10 % POST, the position
 token carried back in the header). The two setups alternate over the rounds.
 Reported: requests per second, p99 latency, and the share of reads the

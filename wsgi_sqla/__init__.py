@@ -32,6 +32,7 @@ from ._rejected import CommitInDoubtError, RejectedWorkError
 from ._replicas import (
     POSITION_COOKIE,
     POSITION_HEADER,
+    Replicas,
     ReplicaWriteError,
     committed_positions,
     default_replica_reads,
@@ -60,6 +61,7 @@ __all__ = [
     "CommitVeto",
     "RejectedWorkError",
     "ReplicaWriteError",
+    "Replicas",
     "Retry",
     "SessionMiddleware",
     "StaleSessionWarning",

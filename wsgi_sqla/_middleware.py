@@ -28,12 +28,11 @@ ended normally.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine
 from sqlalchemy.orm import scoped_session
 from typing_extensions import Never
 
@@ -49,7 +48,7 @@ from ._input import (
 )
 from ._owners import own_sessions, refuse_removed
 from ._rejected import CommitInDoubtError, RejectedWorkError
-from ._replicas import RoutedUnit, Router, default_replica_reads
+from ._replicas import Replicas, RoutedUnit, check_replicas
 from ._retry import Retry
 from ._unit import UnitOfWork, current
 
@@ -101,30 +100,10 @@ class SessionMiddleware:
         request again after a transient database error, while nothing of its
         response was sent. ``None``, the default, never retries and costs
         nothing.
-    :param replicas: ``{scoped_session: [replica_engine, ...]}``: read
-        replicas of each session's primary (the session must be bound to one
-        engine). A request the ``replica_reads`` predicate accepts runs all its
-        work on one replica, in a read-only transaction, unless it calls
-        :func:`~wsgi_sqla.use_primary` first; every other request runs on the
-        primary, and one that commits a write answers with a position token
-        (cookie :data:`~wsgi_sqla.POSITION_COOKIE` and header
-        :data:`~wsgi_sqla.POSITION_HEADER`) that keeps the client's reads on
-        replicas that have replayed that write. ``None``, the default, turns
-        all of this off at no cost. See the "Read replicas" page.
-    :param replica_reads: ``replica_reads(environ) -> bool``, which requests may
-        read from a replica; defaults to :func:`~wsgi_sqla.default_replica_reads`
-        (GET, HEAD, OPTIONS).
-    :param position_secret: when set (at least 16 characters, the same in every
-        process), tokens are signed with HMAC-SHA256 and an unsigned or
-        badly signed one is ignored; without it a forged token can only send
-        the forger's own reads to the primary.
-    :param replica_backoff: seconds a replica that failed is skipped before it
-        is tried again (0 to 30, default 5).
-    :param position_max_age: seconds a token stays valid (default 30).
-    :param replica_max_lag: a replica measured more than this many seconds
-        behind its primary is skipped by requests without a token too
-        (default 30; ``None`` turns the bound and its background measurement
-        off).
+    :param replicas: a :class:`~wsgi_sqla.Replicas` object: send the requests
+        its ``reads`` predicate accepts to read replicas, with read-your-writes;
+        see :class:`~wsgi_sqla.Replicas`. ``None``, the default, turns all of
+        this off at no cost.
     :param errors: what a request whose application raised, or whose commit
         failed, gives the server while nothing of its response was sent.
         ``"respond"`` (the default): the middleware answers ``500 Internal
@@ -139,9 +118,10 @@ class SessionMiddleware:
         Once the response has begun, an exception always propagates.
     :raises TypeError: when an argument has the wrong type (``app`` or
         ``commit_veto`` not callable, a session not a ``scoped_session``,
-        ``retry`` not a :class:`~wsgi_sqla.Retry`), or is a keyword removed
-        before 1.0 (``retries=``, ``replica_max_lag=``, ...): the message
-        names the object that replaced it.
+        ``retry`` not a :class:`~wsgi_sqla.Retry`, ``replicas`` not a
+        :class:`~wsgi_sqla.Replicas`), or is a keyword removed before 1.0
+        (``retries=``, ``replica_max_lag=``, ...): the message names the
+        object that replaced it.
     :raises ValueError: when a session is given twice, or ``errors`` is
         neither ``"respond"`` nor ``"propagate"``.
 
@@ -162,16 +142,11 @@ class SessionMiddleware:
         *sessions: scoped_session[Any],
         commit_veto: CommitVeto = default_commit_veto,
         retry: Retry | None = None,
-        replicas: Mapping[scoped_session[Any], Sequence[Engine]] | None = None,
-        replica_reads: Callable[[WSGIEnvironment], bool] = default_replica_reads,
-        position_secret: str | bytes | None = None,
-        replica_backoff: float = 5.0,
-        position_max_age: float = 30.0,
-        replica_max_lag: float | None = 30.0,
+        replicas: Replicas | None = None,
         errors: str = "respond",
         **removed: Never,
     ) -> None:
-        refuse_removed("SessionMiddleware()", removed)
+        refuse_removed("SessionMiddleware", removed)
         if not callable(app):
             raise TypeError(
                 f"SessionMiddleware: app must be a WSGI application (a callable), got {app!r}"
@@ -196,20 +171,12 @@ class SessionMiddleware:
             )
         #: How requests are run again after a transient error; ``None``: never.
         self.retry: Retry | None = retry if retry is not None and retry.retries else None
-        self.router: Router | None = None
+        self.replicas: Replicas | None = check_replicas(replicas, "SessionMiddleware")
         #: What serves one attempt of a request: chosen here, once, so that only a
         #: middleware with replicas pays for routing and the plain path has no branch.
-        self._request: type[RequestUnit] = RequestUnit
-        if replicas is not None:
-            self.router = Router(
-                replicas,
-                reads=replica_reads,
-                secret=position_secret,
-                backoff=replica_backoff,
-                max_age=position_max_age,
-                max_lag=replica_max_lag,
-            )
-            self._request = RoutedRequestUnit
+        self._request: type[RequestUnit] = (
+            RequestUnit if self.replicas is None else RoutedRequestUnit
+        )
         #: One request, with its retries if any: bound here, so __call__ has no branch.
         self._serve: _Attempt = self._attempt
         if self.retry is not None:
@@ -607,6 +574,6 @@ class RoutedRequestUnit(RequestUnit):
         self._server_start_response = partial(self.unit.route.start_response, start_response)
 
     def _start_unit(self, middleware: SessionMiddleware, environ: WSGIEnvironment) -> RoutedUnit:
-        router = middleware.router
-        assert router is not None
-        return router.request_unit(middleware.sessions, environ)
+        replicas = middleware.replicas
+        assert replicas is not None
+        return replicas.request_unit(middleware.sessions, environ)

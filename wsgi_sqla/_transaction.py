@@ -27,15 +27,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import Engine
 from sqlalchemy.orm import scoped_session
+from typing_extensions import Never
 
-from ._owners import own_sessions
-from ._replicas import Router
+from ._owners import own_sessions, refuse_removed
+from ._replicas import Replicas, check_replicas
 from ._unit import UnitOfWork, unit_of_work
 
 __all__ = ["transaction"]
@@ -81,8 +81,9 @@ class transaction:  # lower case: used like a function, as contextlib.suppress i
     any other effect (the block is not a savepoint).
 
     A block runs on the primaries its sessions are bound to. Given
-    ``replicas={db: [replica_engine, ...]}`` (as for the middleware), a block
-    of its own runs instead on one healthy replica within ``replica_max_lag``,
+    ``replicas=Replicas({db: [replica_engine, ...]})`` (the object the
+    middleware is given), a block of its own runs instead on one healthy
+    replica within the replicas' ``max_lag``,
     in a read-only transaction (a write raises
     :class:`~wsgi_sqla.ReplicaWriteError` and nothing is written), and on the
     primary when no replica qualifies: for a report or an export that must
@@ -97,12 +98,11 @@ class transaction:  # lower case: used like a function, as contextlib.suppress i
     :raises TypeError: when no session is given, or one is not a
         :class:`sqlalchemy.orm.scoped_session`; when decorating a coroutine
         or generator function, whose body would run after the block ended;
-        when ``replicas`` is not a mapping of scoped sessions to engines.
+        when ``replicas`` is not a :class:`~wsgi_sqla.Replicas`, or for a
+        keyword removed before 1.0 (the message gives its new spelling).
     :raises RuntimeError: when ``__exit__`` is called on a block that was
         never entered, or the object already runs a block.
-    :raises ValueError: when a session is given twice, or a replica is
-        another kind of database than its primary, or ``replica_max_lag`` is
-        out of range.
+    :raises ValueError: when a session is given twice.
     """
 
     __slots__ = ("_block", "_start", "sessions")
@@ -110,16 +110,18 @@ class transaction:  # lower case: used like a function, as contextlib.suppress i
     def __init__(
         self,
         *sessions: scoped_session[Any],
-        replicas: Mapping[scoped_session[Any], Sequence[Engine]] | None = None,
-        replica_max_lag: float | None = 30.0,
+        replicas: Replicas | None = None,
+        **removed: Never,
     ) -> None:
+        refuse_removed("transaction()", removed)
         self.sessions: tuple[scoped_session[Any], ...] = own_sessions(sessions, "transaction()")
         self._block: contextlib.AbstractContextManager[UnitOfWork] | None = None
         self._start: Callable[[tuple[scoped_session[Any], ...]], UnitOfWork] = UnitOfWork
-        if replicas is not None:
-            router = Router(replicas, max_lag=replica_max_lag, owner="transaction()")
+        checked = check_replicas(replicas, "transaction()")
+        if checked is not None:
+            # The shared Replicas keeps its state: a block builds nothing of its own.
             self._start = functools.partial(
-                router.unit, replica_ok=True, what="transaction() block"
+                checked.unit, replica_ok=True, what="transaction() block"
             )
 
     def __enter__(self) -> UnitOfWork:

@@ -26,7 +26,8 @@ of its own; to send it only once the data it needs is committed, enqueue it
 from an after-commit hook: ``after_commit(send_welcome.delay, user.id)``.
 
 Read replicas. A task runs on the primary unless its base names
-``replicas`` (``task_base(db, replicas={db: [replica_engine]})``); then each
+``replicas`` (``task_base(db, replicas=replicas)``, the
+:class:`~wsgi_sqla.Replicas` the middleware is given); then each
 call runs on a healthy replica, read-only, like a GET. A task enqueued from an
 after-commit hook of a unit that wrote (a POST whose view called
 ``after_commit(send_welcome.delay, user.id)``) carries that commit's position
@@ -39,22 +40,24 @@ wrote.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from typing import Any, ClassVar, ParamSpec, TypeVar
 
 from celery import Task
-from sqlalchemy import Engine
 from sqlalchemy.orm import scoped_session
+from typing_extensions import Never
 
 from ._once import TaskRuns, run_once, task_key, task_runs
-from ._owners import check_sessions, own_sessions
-from ._replicas import Router, committed_positions
+from ._owners import check_sessions, own_sessions, refuse_removed
+from ._replicas import Replicas, check_replicas, committed_positions
 from ._unit import UnitOfWork, unit_of_work
 
 __all__ = ["POSITIONS_HEADER", "SessionTask", "TaskRuns", "task_base", "task_runs"]
 
 #: The task message header that carries the positions of the commit it follows.
 POSITIONS_HEADER = "wsgi_sqla_positions"
+#: Class attributes of a SessionTask removed before 1.0 (their spelling: REMOVED_KEYWORDS).
+_REMOVED = ("replica_max_lag",)
 
 _P = ParamSpec("_P")
 _R_co = TypeVar("_R_co", covariant=True)
@@ -97,11 +100,8 @@ class SessionTask(Task[_P, _R_co]):
 
     #: The scoped sessions each call of the task commits or rolls back.
     sessions: ClassVar[tuple[scoped_session[Any], ...]] = ()
-    #: ``{scoped_session: [replica engines]}``: run each call on a replica (see above).
-    replicas: ClassVar[Mapping[scoped_session[Any], Sequence[Engine]] | None] = None
-    #: Seconds behind its primary above which a replica is not used (``None``: no bound).
-    replica_max_lag: ClassVar[float | None] = 30.0
-    _router: ClassVar[Router | None] = None
+    #: A :class:`~wsgi_sqla.Replicas`: run each call on a replica (see above).
+    replicas: ClassVar[Replicas | None] = None
     #: ``True``: record each call's task id with its work and never run a committed id
     #: again; a callable: the key is ``once(*args, **kwargs)`` instead (see :ref:`once`).
     once: ClassVar[bool | Callable[..., str]] = False
@@ -113,12 +113,9 @@ class SessionTask(Task[_P, _R_co]):
             cls.sessions = own_sessions(cls.__dict__["sessions"], f"{owner}.sessions")
         if "once" in cls.__dict__ and not isinstance(cls.once, bool) and not callable(cls.once):
             raise TypeError(f"{owner}.once must be True, False or a callable, got {cls.once!r}")
-        if "replicas" in cls.__dict__ or "replica_max_lag" in cls.__dict__:
-            cls._router = None
-            if cls.replicas is not None:
-                cls._router = Router(
-                    cls.replicas, max_lag=cls.replica_max_lag, owner=f"{owner}.replicas"
-                )
+        refuse_removed(owner, {name: None for name in _REMOVED if name in cls.__dict__})
+        if "replicas" in cls.__dict__:
+            cls.replicas = check_replicas(cls.__dict__["replicas"], f"{owner}.replicas")
 
     def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _R_co:
         sessions = type(self).sessions
@@ -130,10 +127,10 @@ class SessionTask(Task[_P, _R_co]):
                 "base=wsgi_sqla.celery.task_base(db)"
             )
         start: Callable[[tuple[scoped_session[Any], ...]], UnitOfWork] = UnitOfWork
-        router = type(self)._router
-        if router is not None:
-            carried = router.carried(self.request.get(POSITIONS_HEADER))
-            start = functools.partial(router.unit, replica_ok=True, token=carried, what="task")
+        replicas = type(self).replicas
+        if replicas is not None:
+            positions = self.request.get(POSITIONS_HEADER)
+            start = functools.partial(replicas.task_unit, positions=positions)
         once = type(self).once
         if once is not False:
             key = task_key(once, self.request.id, args, kwargs)
@@ -153,9 +150,9 @@ class SessionTask(Task[_P, _R_co]):
 
 def task_base(
     *sessions: scoped_session[Any],
-    replicas: Mapping[scoped_session[Any], Sequence[Engine]] | None = None,
-    replica_max_lag: float | None = 30.0,
+    replicas: Replicas | None = None,
     once: bool | Callable[..., str] = False,
+    **removed: Never,
 ) -> type[SessionTask[Any, Any]]:
     """A :class:`SessionTask` subclass whose ``sessions`` are ``sessions``.
 
@@ -165,13 +162,14 @@ def task_base(
     id (or key) runs its body once (see :ref:`once`).
 
     :raises TypeError: when no session is given, or one is not a
-        :class:`sqlalchemy.orm.scoped_session`.
+        :class:`sqlalchemy.orm.scoped_session`; when ``replicas`` is not a
+        :class:`~wsgi_sqla.Replicas`, or for a keyword removed before 1.0.
     """
+    refuse_removed("task_base()", removed)
     checked = check_sessions(sessions, "task_base()")
     attributes: dict[str, Any] = {"sessions": checked, "__module__": __name__}
     if once is not False:
         attributes["once"] = once
     if replicas is not None:
-        attributes["replicas"] = replicas
-        attributes["replica_max_lag"] = replica_max_lag
+        attributes["replicas"] = check_replicas(replicas, "task_base()")
     return type("SessionTask", (SessionTask,), attributes)

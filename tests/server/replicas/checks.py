@@ -14,7 +14,7 @@ from wsgi_sqla.testing import RoundTrips, count_round_trips
 from .cluster import Cluster, Server
 from .replica_app import App, Item, make_app
 
-#: The position_secret of the signed apps.
+#: The Replicas secret of the signed apps.
 SECRET = "a test secret of enough length"
 
 
@@ -83,7 +83,7 @@ def served_ports(get: Callable[[], dict[str, Any]], times: int) -> set[int]:
 
 @contextmanager
 def app_over(cluster: Cluster, **options: Any) -> Iterator[App]:
-    """The replica test app over ``cluster``, ``options`` for its middleware; disposed after."""
+    """The replica test app over ``cluster``, ``options`` for its Replicas; disposed after."""
     built = make_app(cluster.primary.url, [r.url for r in cluster.replicas], **options)
     try:
         yield built

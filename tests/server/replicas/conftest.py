@@ -56,11 +56,11 @@ def cluster(
 
 @pytest.fixture
 def app(cluster: Cluster) -> Iterator[App]:
-    with app_over(cluster, replica_backoff=0.5) as built:
+    with app_over(cluster, backoff=0.5) as built:
         yield built
 
 
 @pytest.fixture
 def signed_app(cluster: Cluster) -> Iterator[App]:
-    with app_over(cluster, position_secret=SECRET) as built:
+    with app_over(cluster, secret=SECRET) as built:
         yield built

@@ -1,11 +1,12 @@
 """The application the replica tests serve, in-process and under gunicorn.
 
-``make_app(primary_url, replica_urls, **middleware_options)`` builds a bare
+``make_app(primary_url, replica_urls, **replica_options)`` builds a bare
 WSGI application over one scoped session, wrapped by SessionMiddleware with
-``replicas``. Its views report which server answered by asking the server
-itself (its port, and whether it is a replica: ``pg_is_in_recovery()`` /
-``@@read_only``), never by trusting the router. Under gunicorn the module
-builds ``app`` from ``PRIMARY_URL`` and ``REPLICA_URLS`` (space-separated).
+``replicas=Replicas({db: replicas}, **replica_options)``. Its views report
+which server answered by asking the server itself (its port, and whether it
+is a replica: ``pg_is_in_recovery()`` / ``@@read_only``), never by trusting
+the router. Under gunicorn the module builds ``app`` from ``PRIMARY_URL``
+and ``REPLICA_URLS`` (space-separated).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from sqlalchemy import Engine, String, create_engine, event, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, scoped_session, sessionmaker
 
 import wsgi_sqla
-from wsgi_sqla import SessionMiddleware
+from wsgi_sqla import Replicas, Retry, SessionMiddleware
 
 
 class Base(DeclarativeBase):
@@ -40,6 +41,8 @@ class App:
     primary: Engine
     replicas: list[Engine]
     middleware: SessionMiddleware
+    #: the middleware's Replicas, for the blocks and tasks that share it
+    config: Replicas
 
 
 def where_am_i(db: scoped_session[Any]) -> dict[str, Any]:
@@ -58,7 +61,7 @@ def refuse_commit(session: Any) -> None:
     raise CommitRefused("the commit of /fail-commit fails")
 
 
-def make_app(primary_url: str, replica_urls: list[str], **options: Any) -> App:
+def make_app(primary_url: str, replica_urls: list[str], retries: int = 0, **options: Any) -> App:
     primary = create_engine(primary_url, pool_size=5)
     replicas = [create_engine(url, pool_size=5) for url in replica_urls]
     db: scoped_session[Any] = scoped_session(sessionmaker(bind=primary))
@@ -112,15 +115,17 @@ def make_app(primary_url: str, replica_urls: list[str], **options: Any) -> App:
             return reply(start_response, "409 Conflict", {})
         return reply(start_response, "404 Not Found", {})
 
-    middleware = SessionMiddleware(app, db, replicas={db: replicas}, **options)
-    return App(middleware, db, primary, replicas, middleware)
+    config = Replicas({db: replicas}, **options)
+    retry = Retry(retries) if retries else None
+    middleware = SessionMiddleware(app, db, replicas=config, retry=retry)
+    return App(middleware, db, primary, replicas, middleware, config)
 
 
 if os.environ.get("PRIMARY_URL"):
     _built = make_app(
         os.environ["PRIMARY_URL"],
         os.environ["REPLICA_URLS"].split(),
-        replica_backoff=float(os.environ.get("REPLICA_BACKOFF", "5")),
-        replica_max_lag=float(os.environ.get("REPLICA_MAX_LAG", "30")),
+        backoff=float(os.environ.get("REPLICA_BACKOFF", "5")),
+        max_lag=float(os.environ.get("REPLICA_MAX_LAG", "30")),
     )
     app = _built.wsgi

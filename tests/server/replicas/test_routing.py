@@ -18,7 +18,13 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import scoped_session, sessionmaker
 
 import wsgi_sqla
-from wsgi_sqla import POSITION_COOKIE, POSITION_HEADER, ReplicaWriteError, SessionMiddleware
+from wsgi_sqla import (
+    POSITION_COOKIE,
+    POSITION_HEADER,
+    Replicas,
+    ReplicaWriteError,
+    SessionMiddleware,
+)
 
 from ..support import until
 from .checks import (
@@ -100,7 +106,7 @@ def test_use_primary_after_a_replica_query_raises(cluster: Cluster) -> None:
         return [b""]
 
     try:
-        webtest.TestApp(SessionMiddleware(late, db, replicas={db: [replica]})).get("/")
+        webtest.TestApp(SessionMiddleware(late, db, replicas=Replicas({db: [replica]}))).get("/")
     finally:
         primary.dispose()
         replica.dispose()
@@ -237,7 +243,7 @@ def test_a_replica_further_behind_than_the_bound_serves_no_read(
     cluster: Cluster, max_lag: float | None, lagging_replica_serves: bool
 ) -> None:
     fast, slow = cluster.replicas
-    with app_over(cluster, replica_max_lag=max_lag) as built:
+    with app_over(cluster, max_lag=max_lag) as built:
         client = webtest.TestApp(built.wsgi)
         client.get("/nothing")  # the first unit starts the lag monitor
         slow.set_delay(3)
@@ -254,7 +260,7 @@ def test_a_replica_further_behind_than_the_bound_serves_no_read(
 
 
 def test_the_lag_measurement_costs_requests_nothing(cluster: Cluster) -> None:
-    with app_over(cluster, replica_max_lag=0.2) as built:
+    with app_over(cluster, max_lag=0.2) as built:
         client = webtest.TestApp(built.wsgi)
         client.get("/where")
         client.get("/where")
@@ -268,7 +274,7 @@ def test_the_lag_measurement_costs_requests_nothing(cluster: Cluster) -> None:
 def test_the_lag_monitor_lets_go_of_its_connection_with_the_middleware(cluster: Cluster) -> None:
     replica = cluster.replicas[0]
     before = client_connection_ids(replica)
-    built = make_app(cluster.primary.url, [r.url for r in cluster.replicas], replica_max_lag=0.2)
+    built = make_app(cluster.primary.url, [r.url for r in cluster.replicas], max_lag=0.2)
     webtest.TestApp(built.wsgi).get("/nothing")  # the first unit starts the lag monitor
     assert until(lambda: len(client_connection_ids(replica) - before) == 1)  # the monitor's own
     (monitor,) = client_connection_ids(replica) - before
@@ -276,56 +282,8 @@ def test_the_lag_monitor_lets_go_of_its_connection_with_the_middleware(cluster: 
     assert until(lambda: monitor not in client_connection_ids(replica), timeout=5)
 
 
-@pytest.mark.parametrize("max_lag", [0, -1, 86401, "30", True])
-def test_replica_max_lag_is_checked(cluster: Cluster, max_lag: Any) -> None:
-    engine = create_engine(cluster.primary.url)
-    db: scoped_session[Any] = scoped_session(sessionmaker(bind=engine))
-    error = TypeError if isinstance(max_lag, str | bool) else ValueError
-    with pytest.raises(error, match=r"^SessionMiddleware: replica_max_lag must be"):
-        SessionMiddleware(lambda e, s: [], db, replicas={db: [engine]}, replica_max_lag=max_lag)
-
-
-# -- forged and malformed tokens ----------------------------------------------------
-
-FORGED = [
-    pytest.param("garbage", id="garbage"),
-    pytest.param("", id="empty"),
-    pytest.param("1." * 300, id="huge"),
-    pytest.param("2.{now}.{position}.{sig}", id="unknown-version"),
-    pytest.param("1.{now}.{position}.0123456789abcdef0123456789abcdef", id="wrong-signature"),
-    pytest.param("1.{now}.{position}.-", id="unsigned"),
-    pytest.param("1.{now}.{position}", id="no-signature-field"),
-    pytest.param("1.{future}.{position}.{sig}", id="issued-in-the-future"),
-    pytest.param("1.{expired}.{position}.{sig}", id="expired"),
-    pytest.param("1.{now}.not-a-position.{sig}", id="malformed-position"),
-    pytest.param("1.{now}.{position}~{position}.{sig}", id="too-many-positions"),
-    pytest.param("1.{now}..{sig}", id="no-position"),
-    pytest.param("1.-5.{position}.{sig}", id="negative-time"),
-    pytest.param("1.{now}.{position}.{sig}{sig}", id="long-signature"),
-]
-
-
-@pytest.mark.parametrize("template", FORGED)
-@pytest.mark.parametrize("carrier", ["cookie", "header"])
-def test_a_forged_or_malformed_token_is_ignored(
-    signed_app: App, cluster: Cluster, template: str, carrier: str
-) -> None:
-    client = webtest.TestApp(signed_app.wsgi)
-    genuine = token_of(client.post("/items", b"ann", status=201))
-    _version, _issued, position, sig = genuine.split(".")
-    now = int(time.time())
-    value = template.format(
-        now=now, future=now + 3600, expired=now - 3600, position=position, sig=sig
-    )
-    if carrier == "cookie":
-        headers = {"Cookie": f"other=1; {POSITION_COOKIE}={value}"}
-    else:
-        headers = {POSITION_HEADER: value}
-    answer = webtest.TestApp(signed_app.wsgi).get("/where", headers=headers)
-    assert answer.status_int == 200
-    # Ignored as if absent: a replica serves it and nothing is set or dropped.
-    assert answer.json["replica"] is True
-    assert set_cookies(answer) == []
+# -- tokens ------------------------------------------------------------------------
+# Forged and malformed tokens: tests/replicas/test_tokens.py (no database needed).
 
 
 def test_an_unsigned_app_treats_a_far_ahead_token_as_go_to_the_primary(
@@ -394,35 +352,7 @@ def test_a_committing_write_costs_one_statement_more(app: App) -> None:
     assert (primary.checkouts, primary.statements) == (1, 3)
 
 
-# -- construction -------------------------------------------------------------------
-
-
-def test_replicas_must_be_a_mapping(cluster: Cluster) -> None:
-    engine = create_engine(cluster.primary.url)
-    db: scoped_session[Any] = scoped_session(sessionmaker(bind=engine))
-    with pytest.raises(TypeError, match=r"^SessionMiddleware: replicas must be a mapping"):
-        SessionMiddleware(lambda e, s: [], db, replicas=[engine])  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(
-    "backoff", [pytest.param(-1, id="negative"), pytest.param(31, id="over-30")]
-)
-def test_the_back_off_is_at_most_30_seconds(cluster: Cluster, backoff: float) -> None:
-    engine = create_engine(cluster.primary.url)
-    db: scoped_session[Any] = scoped_session(sessionmaker(bind=engine))
-    with pytest.raises(ValueError, match=r"^SessionMiddleware: replica_backoff"):
-        SessionMiddleware(lambda e, s: [], db, replicas={db: [engine]}, replica_backoff=backoff)
-
-
 # -- the middleware itself -------------------------------------------------------------
-
-
-def test_a_middleware_without_replicas_keeps_the_plain_request_path(cluster: Cluster) -> None:
-    engine = create_engine(cluster.primary.url)
-    db: scoped_session[Any] = scoped_session(sessionmaker(bind=engine))
-    plain = SessionMiddleware(lambda e, s: [], db)
-    assert type(plain) is SessionMiddleware
-    assert plain.router is None
 
 
 def test_requests_are_routed_with_retries_on_too(cluster: Cluster) -> None:

@@ -3,7 +3,8 @@
 A block or a task runs on the primary unless it names ``replicas``. A task
 enqueued from an after-commit hook of a request that wrote carries that
 commit's position, so that a worker reading from replicas sees the write.
-The worker is Celery's in-process test worker, over the in-memory broker:
+Owners given one ``Replicas`` share its back-off and lag bound, and a block
+changes neither. The worker is Celery's in-process test worker, over the in-memory broker:
 the message, its headers included, is serialised and received as in
 production.
 """
@@ -11,6 +12,7 @@ production.
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,12 +23,13 @@ from celery.contrib.testing.worker import start_worker
 from sqlalchemy import select
 
 import wsgi_sqla
-from wsgi_sqla import ReplicaWriteError, SessionMiddleware, after_commit, transaction
+from wsgi_sqla import Replicas, ReplicaWriteError, SessionMiddleware, after_commit, transaction
 from wsgi_sqla.celery import task_base
 
-from .checks import rows_everywhere
+from ..support import until
+from .checks import app_over, rows_everywhere, served_ports, writing_on
 from .cluster import Cluster
-from .replica_app import App, Item, where_am_i
+from .replica_app import App, Item, make_app, where_am_i
 
 # -- transaction() ----------------------------------------------------------------------
 
@@ -38,7 +41,7 @@ def test_a_transaction_block_uses_the_primary(app: App, cluster: Cluster) -> Non
 
 
 def test_a_transaction_block_with_replicas_reads_from_a_replica(app: App, cluster: Cluster) -> None:
-    with transaction(app.db, replicas={app.db: app.replicas}):
+    with transaction(app.db, replicas=app.config):
         where = where_am_i(app.db)
     assert where["replica"] is True
     assert where["port"] in {r.port for r in cluster.replicas}
@@ -49,7 +52,7 @@ def test_a_write_in_a_transaction_block_with_replicas_fails_and_writes_nothing(
 ) -> None:
     with (
         pytest.raises(ReplicaWriteError, match=r"^this transaction\(\) block was routed to a "),
-        transaction(app.db, replicas={app.db: app.replicas}),
+        transaction(app.db, replicas=app.config),
     ):
         app.db.add(Item(name="not here"))
         app.db.flush()
@@ -61,7 +64,7 @@ def test_a_transaction_block_with_every_replica_down_runs_on_the_primary(
 ) -> None:
     for replica in cluster.replicas:
         replica.stop()
-    with transaction(app.db, replicas={app.db: app.replicas}):
+    with transaction(app.db, replicas=app.config):
         where = where_am_i(app.db)
     assert where == {"port": cluster.primary.port, "replica": False}
 
@@ -75,7 +78,7 @@ def test_a_transaction_inside_a_request_joins_its_route(app: App) -> None:
         start_response("200 OK", [])
         return [b""]
 
-    middleware = SessionMiddleware(view, app.db, replicas={app.db: app.replicas})
+    middleware = SessionMiddleware(view, app.db, replicas=app.config)
     webtest.TestApp(middleware).get("/")
     assert seen[0]["replica"] is True
 
@@ -103,7 +106,7 @@ class Tasks:
         # Celery warns when a name is registered twice in one process: one name per app.
         name = f"read_item_{next(_apps)}"
 
-        @self.celery.task(name=name, base=task_base(db, replicas={db: app.replicas}))
+        @self.celery.task(name=name, base=task_base(db, replicas=app.config))
         def read_item(item_id: int) -> dict[str, Any]:
             found = db.scalar(select(Item).where(Item.id == item_id)) is not None
             return {"found": found, **where_am_i(db)}
@@ -122,7 +125,7 @@ class Tasks:
             start_response("201 Created", [])
             return [b""]
 
-        self.web = webtest.TestApp(SessionMiddleware(view, db, replicas={db: app.replicas}))
+        self.web = webtest.TestApp(SessionMiddleware(view, db, replicas=app.config))
 
     def post_then_read(self, path: str) -> dict[str, Any]:
         """POST ``path``; the task it enqueued (or one enqueued after it) reads the item."""
@@ -184,3 +187,62 @@ def test_a_task_without_replicas_runs_on_the_primary(app: App, cluster: Cluster)
 def test_committed_positions_is_none_outside_an_after_commit_hook(app: App) -> None:
     with transaction(app.db):
         assert wsgi_sqla.committed_positions() is None
+
+
+# -- one Replicas, several owners ----------------------------------------------------------
+
+
+def test_owners_sharing_one_replicas_share_its_back_off(cluster: Cluster) -> None:
+    only = cluster.replicas[0]
+    built = make_app(cluster.primary.url, [only.url], backoff=30)
+    try:
+        only.stop()
+        assert webtest.TestApp(built.wsgi).get("/where").json["replica"] is False
+        only.start()
+        # The request's failure keeps the block off the replica: one back-off, shared.
+        with transaction(built.db, replicas=built.config):
+            assert where_am_i(built.db)["replica"] is False
+        # Control: replicas of their own have seen no failure and use it at once.
+        with transaction(built.db, replicas=Replicas({built.db: built.replicas})):
+            assert where_am_i(built.db) == {"port": only.port, "replica": True}
+    finally:
+        for engine in [built.primary, *built.replicas]:
+            engine.dispose()
+
+
+def test_a_transaction_block_does_not_reset_the_back_off(cluster: Cluster) -> None:
+    only = cluster.replicas[0]
+    built = make_app(cluster.primary.url, [only.url], backoff=0.5)
+    client = webtest.TestApp(built.wsgi)
+    try:
+        # A block first: before Replicas, each block set every back-off back to 5 s.
+        with transaction(built.db, replicas=built.config):
+            assert where_am_i(built.db)["replica"] is True
+        only.stop()
+        assert client.get("/where").json["replica"] is False
+        only.start()
+        assert until(lambda: bool(client.get("/where").json["replica"]), timeout=3)
+        assert built.config.primaries[0].replicas[0].backoff == 0.5
+    finally:
+        for engine in [built.primary, *built.replicas]:
+            engine.dispose()
+
+
+def test_owners_sharing_one_replicas_share_its_lag_bound(cluster: Cluster) -> None:
+    fast, slow = cluster.replicas
+
+    with app_over(cluster, max_lag=1) as built:
+        client = webtest.TestApp(built.wsgi)
+
+        def in_a_block() -> dict[str, Any]:
+            with transaction(built.db, replicas=built.config):
+                return where_am_i(built.db)
+
+        client.get("/nothing")  # the first unit starts the lag monitor
+        slow.set_delay(3)
+        with writing_on(cluster):
+            time.sleep(3)  # 2-3 s behind from now on (MariaDB counts whole seconds)
+            by_requests = served_ports(lambda: client.get("/where").json, 10)
+            by_blocks = served_ports(in_a_block, 10)
+        assert slow.port not in by_requests | by_blocks
+        assert fast.port in by_requests & by_blocks
