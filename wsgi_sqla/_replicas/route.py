@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, event, exc
 from sqlalchemy.orm import Session
 
+from .._http import succeeded
 from .dialects import is_write
 from .health import Replica
 from .tokens import POSITION_HEADER, Token
@@ -137,7 +138,7 @@ class Route:
         A token for a committed write answered below 400; a Max-Age=0 cookie
         and an empty header when the token it carried is no longer needed.
         """
-        if status[:1] not in ("1", "2", "3"):
+        if not succeeded(status):
             return
         tokens = self.replicas.tokens
         if self.committed is not None:
