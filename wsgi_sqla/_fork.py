@@ -50,7 +50,7 @@ from typing import Any
 
 from sqlalchemy import Engine, event, exc
 
-__all__ = ["adopt_pools", "fork_safe", "on_new_process"]
+__all__ = ["adopt_pools", "around_forks", "fork_safe", "on_new_process"]
 
 #: Each registered engine, with the pid of the process its pool belongs to.
 _engines: weakref.WeakKeyDictionary[Engine, int] = weakref.WeakKeyDictionary()
@@ -62,6 +62,9 @@ _owner = os.getpid()
 _PID = "wsgi_sqla_pid"
 #: Called, in order, in a process that :func:`adopt_pools` found to be new.
 _callbacks: list[Callable[[], object]] = []
+#: Called before a Python fork, and (in reverse order) after it in the parent.
+_before: list[Callable[[], object]] = []
+_after_in_parent: list[Callable[[], object]] = []
 
 
 def fork_safe(engine: Engine) -> Engine:
@@ -80,7 +83,6 @@ def fork_safe(engine: Engine) -> Engine:
             f"fork_safe(): needs a sqlalchemy.Engine, got "
             f"{type(engine).__module__}.{type(engine).__qualname__}"
         )
-    global _hook_registered
     with _lock:
         if engine in _engines:
             return engine
@@ -89,10 +91,42 @@ def fork_safe(engine: Engine) -> Engine:
         _engines[engine] = _owner
         event.listen(engine, "connect", _record_pid)
         event.listen(engine, "checkout", _refuse_foreign)
-        if not _hook_registered and hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=_after_fork)
-            _hook_registered = True
+        _register_hooks()
     return engine
+
+
+def _register_hooks() -> None:
+    """Register the package's one set of Python fork hooks (under ``_lock``), once."""
+    global _hook_registered
+    if not _hook_registered and hasattr(os, "register_at_fork"):
+        os.register_at_fork(
+            before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork
+        )
+        _hook_registered = True
+
+
+def around_forks(before: Callable[[], object], after_in_parent: Callable[[], object]) -> None:
+    """Call ``before()`` in the parent before each Python fork, ``after_in_parent()`` after it.
+
+    For process-wide state a fork must not copy half-way (the replica lag
+    monitor's measurement). Every :func:`os.register_at_fork` of the package
+    is made here; registering the same pair twice calls it once.
+    """
+    with _lock:
+        if before not in _before:
+            _before.append(before)
+            _after_in_parent.append(after_in_parent)
+        _register_hooks()
+
+
+def _before_fork() -> None:
+    for callback in list(_before):
+        callback()
+
+
+def _after_fork_in_parent() -> None:
+    for callback in reversed(list(_after_in_parent)):
+        callback()
 
 
 def _record_pid(dbapi_connection: Any, record: Any) -> None:

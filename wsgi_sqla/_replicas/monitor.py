@@ -24,14 +24,13 @@ The thread is the delicate part of the package around ``fork()``:
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import weakref
 from collections.abc import Iterable
 from typing import Any
 
-from .._fork import on_new_process
+from .._fork import around_forks, on_new_process
 from .health import Replica
 
 __all__ = ["IDLE", "LagMonitor", "monitor"]
@@ -144,5 +143,4 @@ def _dispose_monitor_pool(holder: list[Any]) -> None:
 #: The process's one monitor, shared by every ``Replicas`` with a lag bound.
 monitor = LagMonitor()
 on_new_process(monitor.forget)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=monitor.before_fork, after_in_parent=monitor.after_fork_in_parent)
+around_forks(monitor.before_fork, monitor.after_fork_in_parent)
