@@ -36,7 +36,7 @@ wrapped, and pay for this with one environ lookup.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -97,32 +97,29 @@ class CountedInput:
         if self.failure is None:
             self.failure = f"{type(exc).__name__}: {exc}"
 
-    def read(self, size: int | None = -1) -> bytes:
-        """Up to ``size`` bytes (all that is announced and left, by default)."""
+    def _take(self, read: Callable[[int], bytes], size: int | None) -> tuple[bytes, int]:
+        """``read(n)`` of the server's stream, counted; with the ``n`` that was asked for."""
         wanted = self._wanted(size)
         if not wanted:
-            return b""
+            return b"", 0
         try:
-            data: bytes = self.stream.read(wanted)
+            data = read(wanted)
         except Exception as exc:
             self._failed(exc)
             raise
         self.received += len(data)
+        return data, wanted
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes (all that is announced and left, by default)."""
+        data, wanted = self._take(self.stream.read, size)
         if len(data) < wanted:
             self.truncated = True
         return data
 
     def readline(self, size: int | None = -1) -> bytes:
         """One line, of at most ``size`` bytes; ``b""`` at the end of the body."""
-        wanted = self._wanted(size)
-        if not wanted:
-            return b""
-        try:
-            line: bytes = self.stream.readline(wanted)
-        except Exception as exc:
-            self._failed(exc)
-            raise
-        self.received += len(line)
+        line, wanted = self._take(self.stream.readline, size)
         if len(line) < wanted and not line.endswith(b"\n"):
             self.truncated = True
         return line

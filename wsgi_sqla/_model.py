@@ -28,6 +28,8 @@ Two ways in:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any, ClassVar, TypeVar
 
 from sqlalchemy import MetaData, inspect
@@ -75,12 +77,7 @@ class ActiveRecordMixin:
         its other work.
         """
         session = self.__session__
-        if savepoint:
-            with session.begin_nested():
-                session.add(self)
-        else:
-            session.add(self)
-            session.flush()
+        _flushed(session, partial(session.add, self), savepoint)
         return self
 
     def update(self, **values: Any) -> Self:
@@ -109,12 +106,19 @@ class ActiveRecordMixin:
         this deletion.
         """
         session = self.__session__
-        if savepoint:
-            with session.begin_nested():
-                session.delete(self)
-        else:
-            session.delete(self)
-            session.flush()
+        _flushed(session, partial(session.delete, self), savepoint)
+
+
+def _flushed(
+    session: scoped_session[Session], change: Callable[[], object], savepoint: bool
+) -> None:
+    """Make ``change`` and flush it; in a savepoint, which a failed flush undoes, if asked."""
+    if savepoint:
+        with session.begin_nested():
+            change()  # the savepoint's commit flushes it
+    else:
+        change()
+        session.flush()
 
 
 def declarative_base(session: scoped_session[Any], *, metadata: MetaData | None = None) -> Any:
