@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import scoped_session, sessionmaker
 
-from wsgi_sqla._unit import is_live
+from wsgi_sqla._registry import is_live
 
 
 @pytest.mark.parametrize(

@@ -62,6 +62,7 @@ lost before its answer, so nobody knows whether it took effect.
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from collections.abc import Iterable
@@ -72,9 +73,12 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, SessionTransaction, scoped_session, sessionmaker
 
 from ._context import current
+from ._registry import is_live
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import ExceptionContext, Transaction
+
+logger = logging.getLogger("wsgi_sqla")
 
 __all__ = [
     "CommitInDoubtError",
@@ -82,6 +86,7 @@ __all__ = [
     "RejectedWorkError",
     "check_flushed",
     "in_doubt",
+    "refused_flush",
     "watch",
 ]
 
@@ -155,9 +160,12 @@ def _first_line(error: BaseException) -> str:
 class _Began:
     """One connection a session of the unit began on, and the level it began at."""
 
-    __slots__ = ("aborted", "connection", "level", "session")
+    __slots__ = ("aborted", "connection", "level", "scoped", "session")
 
-    def __init__(self, session: Session, connection: Connection) -> None:
+    def __init__(
+        self, scoped: scoped_session[Any], session: Session, connection: Connection
+    ) -> None:
+        self.scoped = scoped
         self.session = session
         self.connection = connection
         # Under isolated() the session's own transaction is a savepoint; else the root.
@@ -220,6 +228,26 @@ class Ledger:
     def _latest(self) -> BaseException | None:
         return self.rejected[-1][1] if self.rejected else None
 
+    def kept(self) -> bool:
+        """``False``, after a WARNING, if a session the unit began in was removed meanwhile.
+
+        Someone else (a framework's teardown, a ``remove()`` in the
+        application) closed it and took it out of its registry before the
+        unit decided: its work was discarded, not committed.
+        """
+        lost = 0
+        for began in self.began:
+            scoped = began.scoped
+            if not is_live(scoped) or scoped.registry() is not began.session:
+                lost += 1
+        if lost:
+            logger.warning(
+                "a session of this unit of work was closed and removed by someone else "
+                "before the unit decided (a framework teardown, a remove() in the "
+                "application); its work was discarded, not committed"
+            )
+        return not lost
+
 
 def _loses_transaction(context: ExceptionContext) -> bool:
     """An error after which the server has rolled back the whole transaction."""
@@ -244,6 +272,11 @@ def _rejected(error: BaseException | None, what: str | None = None) -> RejectedW
     )
 
 
+def refused_flush(ledger: Ledger | None) -> RejectedWorkError:
+    """The refusal for a session whose flush failed, naming the last rejected statement."""
+    return _rejected(ledger._latest() if ledger is not None else None, "a flush failed")
+
+
 def check_flushed(session: Session, ledger: Ledger | None) -> None:
     """Raise :class:`RejectedWorkError` if ``session`` holds work that cannot commit.
 
@@ -252,7 +285,7 @@ def check_flushed(session: Session, ledger: Ledger | None) -> None:
     """
     transaction: SessionTransaction | None = session.get_transaction()
     if transaction is not None and not transaction.is_active:
-        raise _rejected(ledger._latest() if ledger is not None else None, "a flush failed")
+        raise refused_flush(ledger)
     if ledger is not None:
         ledger.check(session)
 
@@ -261,7 +294,8 @@ def check_flushed(session: Session, ledger: Ledger | None) -> None:
 
 _lock = threading.Lock()
 _factories: weakref.WeakSet[sessionmaker[Any]] = weakref.WeakSet()
-_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+#: ids of the engines with the listener; an id leaves when its engine is collected.
+_engines: set[int] = set()
 
 
 def watch(sessions: Iterable[scoped_session[Any]]) -> None:
@@ -285,21 +319,26 @@ def watch(sessions: Iterable[scoped_session[Any]]) -> None:
 
 def _watch_engine(engine: Engine) -> None:
     with _lock:
-        if engine not in _engines:
+        if id(engine) not in _engines:
             event.listen(engine, "handle_error", _handle_error)
-            _engines.add(engine)
+            _engines.add(id(engine))
+            weakref.finalize(engine, _engines.discard, id(engine))
 
 
 def _after_begin(session: Session, _transaction: Any, connection: Connection) -> None:
     unit = current.get()
-    if unit is None or not unit._owns(session):
+    if unit is None:
         return
-    if connection.engine not in _engines:
-        _watch_engine(connection.engine)
+    scoped = unit._owns(session)
+    if scoped is None:
+        return
+    engine = connection.engine
+    if id(engine) not in _engines:  # a set of ids: a WeakSet look-up builds a weakref
+        _watch_engine(engine)
     ledger = unit._ledger
     if ledger is None:
         ledger = unit._ledger = Ledger()
-    ledger.began.append(_Began(session, connection))
+    ledger.began.append(_Began(scoped, session, connection))
 
 
 def _before_commit(session: Session) -> None:

@@ -380,6 +380,8 @@ class RequestUnit:
                     "work done while the response streamed is rolled back",
                 )
                 unit.rollback()
+            elif not unit.busy():
+                pass  # nothing was done after the decision: nothing to settle, only to end
             elif unit.commits_late_work(self._committed and self._finished):
                 try:
                     unit.commit()

