@@ -164,32 +164,29 @@ class SessionMiddleware:
         #: How requests are run again after a transient error; ``None``: never.
         self.retry: Retry | None = retry if retry is not None and retry.retries else None
         self.replicas: Replicas | None = check_replicas(replicas, "SessionMiddleware")
-        # One attempt of a request, then with its retries: bound here, once, so that
-        # only a middleware with replicas pays for routing and __call__ has no branch.
-        attempt: _Attempt = self._attempt if self.replicas is None else self._routed_attempt
-        self._serve: _Attempt = attempt if self.retry is None else partial(self.retry.run, attempt)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         try:
-            return self._serve(environ, start_response)
+            # Bound methods made per call, not stored: one kept on self would be a
+            # reference cycle, and a dropped middleware would wait for the collector.
+            if self.retry is not None:
+                return self.retry.run(self._attempt, environ, start_response)
+            return self._attempt(environ, start_response)
         except Exception as exc:
             if self.errors == "propagate" or started(exc):
                 raise
             return error_response(exc, environ, start_response)
 
     def _attempt(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        """Run the request once, as one unit of work (one attempt of the retry loop)."""
-        return RequestUnit(self, environ, start_response, UnitOfWork(self.sessions)).run()
+        """Run the request once, as one unit of work (one attempt of the retry loop).
 
-    def _routed_attempt(
-        self, environ: WSGIEnvironment, start_response: StartResponse
-    ) -> Iterable[bytes]:
-        """:meth:`_attempt` for a middleware with replicas: the unit has a route.
-
-        The status and headers pass through the route on their way to the
-        server, so a request that committed a write adds its position token.
+        With replicas the unit has a route, and the status and headers pass
+        through it on their way to the server, so a request that committed a
+        write adds its position token.
         """
-        assert self.replicas is not None
-        unit = self.replicas.request_unit(self.sessions, environ)
+        replicas = self.replicas
+        if replicas is None:
+            return RequestUnit(self, environ, start_response, UnitOfWork(self.sessions)).run()
+        unit = replicas.request_unit(self.sessions, environ)
         routed = partial(unit.route.start_response, start_response)
         return RequestUnit(self, environ, routed, unit).run()
