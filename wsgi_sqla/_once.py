@@ -72,8 +72,8 @@ class TaskRuns:
     """
 
     def __init__(self, name: str = "wsgi_sqla_task_runs") -> None:
-        self.metadata = MetaData()
-        self.table = Table(
+        self.metadata: MetaData = MetaData()
+        self.table: Table = Table(
             name,
             self.metadata,
             Column("task", String(KEY_LENGTH), nullable=False),
@@ -112,7 +112,7 @@ class TaskRuns:
 
 
 #: The one table every ``once`` task records its calls in.
-task_runs = TaskRuns()
+task_runs: TaskRuns = TaskRuns()
 
 
 class _AlreadyRan(Exception):

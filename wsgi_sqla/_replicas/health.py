@@ -68,7 +68,7 @@ class Replica:
         self.engine: Engine = engine
         self.dialect: Dialect = dialect
         self.label: str = label(engine)
-        self.lock = threading.Lock()
+        self.lock: threading.Lock = threading.Lock()
         #: seconds a failure keeps it skipped (``Replicas(backoff=...)``).
         self.backoff: float = backoff
         #: monotonic time until which the replica is skipped; 0 when healthy.
@@ -81,7 +81,7 @@ class Replica:
         #: ``Replicas(max_lag=...)``: further behind than this, it serves no read.
         self.max_lag: float | None = max_lag
         #: whether the last measurement was over that bound (logged when it changes).
-        self.lagging = False
+        self.lagging: bool = False
         #: ``[pool]``: the monitor's own pool, so its statements are nobody's request's.
         self.monitor_pool: list[Any] | None = None
 

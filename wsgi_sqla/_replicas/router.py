@@ -159,14 +159,14 @@ class Replicas:
             route_session_creation(primary.scoped)
         if self.max_lag is not None:
             monitor.watch(r for p in self.primaries for r in p.replicas)
-        self.tokens = Tokens(
+        self.tokens: Tokens = Tokens(
             self.secret,
             int(self.token_max_age),
             [p.dialect.valid for p in self.primaries],
             [p.label for p in self.primaries],
         )
         #: Whose turn it is among the healthy replicas (shared by every unit).
-        self.turns = itertools.count()
+        self.turns: itertools.count[int] = itertools.count()
 
     def _primary(self, index: int, scoped: object, engines: object) -> Primary:
         if not isinstance(scoped, scoped_session):
