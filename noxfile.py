@@ -128,10 +128,10 @@ def typing(session: nox.Session) -> None:
     require_node(session)
     session.install("-e", ".", *group("typing"))
     session.run("mypy", "--strict", "wsgi_sqla")
-    session.run("mypy", "--strict", "tests/typed/typed_models.py")
-    # Strict mode for tests/typed comes from [tool.pyright] in pyproject.toml.
+    session.run("mypy", "--strict", "tests/typing/typed_models.py")
+    # Strict mode for tests/typing/typed_models.py comes from [tool.pyright] in pyproject.toml.
     python = Path(session.bin) / "python"
-    session.run("pyright", "--pythonpath", str(python), "tests/typed/typed_models.py")
+    session.run("pyright", "--pythonpath", str(python), "tests/typing/typed_models.py")
 
 
 @nox.session

@@ -20,5 +20,5 @@ measuring the test-isolation helpers; see its docstring.
 
 Nothing here is part of the test suite's pass/fail: timings are noisy by
 nature. Only the exact round-trip counts are asserted, in
-``tests/test_round_trips.py``.
+``tests/middleware/test_round_trips.py``.
 """

@@ -29,7 +29,7 @@ def is_live(scoped: scoped_session[Any]) -> bool:
     reads the thread's ``threading.local`` dict directly (102 ns against
     418 for ``has()`` on a miss; timeit, Python 3.11), and any other
     registry (``scopefunc=``) goes through ``has()``. The layout read here is
-    SQLAlchemy's (``ThreadLocalRegistry.registry.value``); tests/test_unit.py
+    SQLAlchemy's (``ThreadLocalRegistry.registry.value``); tests/unit_of_work/test_unit.py
     fails if it changes.
     """
     registry = scoped.registry

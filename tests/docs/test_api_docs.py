@@ -11,7 +11,7 @@ import pytest
 import wsgi_sqla
 import wsgi_sqla.testing
 
-API = (Path(__file__).resolve().parents[1] / "docs" / "api.rst").read_text()
+API = (Path(__file__).resolve().parents[2] / "docs" / "api.rst").read_text()
 DOCUMENTED = set(re.findall(r"^\.\. auto\w+:: ([\w.]+)$", API, flags=re.MULTILINE))
 TESTING_ONLY = sorted(set(wsgi_sqla.testing.__all__) - set(wsgi_sqla.__all__))
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from support import missing
 
-EXT = Path(__file__).resolve().parent.parent / "docs" / "_ext"
+EXT = Path(__file__).resolve().parents[2] / "docs" / "_ext"
 
 TEST_FILE = """\
 import pytest

@@ -9,7 +9,7 @@ both with the counter the benchmark uses too
 (:func:`wsgi_sqla.testing.count_round_trips`: statements,
 BEGIN/COMMIT/ROLLBACK, pool checkouts, pool resets). The middleware must
 never cost a round trip more than the hand-written version. The absolute
-counts are pinned by ``tests/test_middleware_cost.py``.
+counts are pinned by ``tests/middleware/test_middleware_cost.py``.
 
 The hand-written application is the reference being compared against, so
 it necessarily spells out its own commit/rollback/remove.

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DIRECTIVE = re.compile(r"^\.\. (testsetup|testcode|code-block)::[ \t]*(\S*)[ \t]*$")
 
 

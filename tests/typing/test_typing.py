@@ -8,7 +8,7 @@ import pytest
 
 mypy_api = pytest.importorskip("mypy.api")
 
-TYPED = Path(__file__).parent / "typed" / "typed_models.py"
+TYPED = Path(__file__).parent / "typed_models.py"
 
 
 def mypy(*args: str) -> tuple[str, int]:
