@@ -5,6 +5,10 @@ runs once per database: SQLite always, PostgreSQL when
 ``WSGI_SQLA_POSTGRESQL_URL`` is set, MariaDB when ``WSGI_SQLA_MARIADB_URL``
 is set. A database whose URL is set but which cannot be reached fails the
 test instead of skipping it, so CI cannot go green without all three.
+
+Live tests (every test under tests/server/, and any test marked ``live``)
+start their own servers, poolers, clusters or workers; they run only when
+asked, with ``WSGI_SQLA_LIVE=1`` or ``CI=true`` (see :func:`support.live_requested`).
 """
 
 from __future__ import annotations
@@ -18,9 +22,32 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import scoped_session, sessionmaker
-from support import DATABASES, FakeServer, Models, Probe, database_url, make_engine, serve
+from support import (
+    DATABASES,
+    LIVE_SKIP,
+    FakeServer,
+    Models,
+    Probe,
+    database_url,
+    live_requested,
+    make_engine,
+    serve,
+)
+
+SERVER_TESTS = Path(__file__).resolve().parent / "server"
 
 _engines: dict[str, Engine] = {}
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects, so that ``-m "not live"`` works
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test under tests/server/ ``live``; skip live tests unless they are asked for."""
+    skip = None if live_requested() else pytest.mark.skip(reason=LIVE_SKIP)
+    for item in items:
+        if item.path.is_relative_to(SERVER_TESTS):
+            item.add_marker(pytest.mark.live)
+        if skip is not None and item.get_closest_marker("live") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session", autouse=True)

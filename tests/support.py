@@ -7,7 +7,8 @@
   it records;
 * applications and bodies: :func:`answering`, :func:`saving`, :class:`ClosingBody`;
 * :class:`Boom`, the code under test's own failure;
-* :func:`missing`, for a component a test needs and cannot find.
+* :func:`missing`, for a component a test needs and cannot find;
+* :func:`live_requested`: whether the live tests (own servers, clusters) run.
 
 Round trips are counted with :func:`wsgi_sqla.testing.count_round_trips`,
 the helper the package offers its users and the benchmark uses too.
@@ -29,6 +30,8 @@ from wsgi_sqla import declarative_base
 
 __all__ = [
     "DATABASES",
+    "LIVE",
+    "LIVE_SKIP",
     "STYLES",
     "Boom",
     "ClosingBody",
@@ -39,6 +42,7 @@ __all__ = [
     "Style",
     "answering",
     "database_url",
+    "live_requested",
     "make_engine",
     "missing",
     "saving",
@@ -55,6 +59,19 @@ def missing(reason: str) -> NoReturn:
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI=true and a needed component is missing: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+#: The variable that asks for the live tests on a laptop; CI (``CI=true``) always runs them.
+LIVE = "WSGI_SQLA_LIVE"
+LIVE_SKIP = (
+    f"live test (starts its own servers, PgBouncer, clusters or workers): "
+    f"set {LIVE}=1 to run it (CI=true always does)"
+)
+
+
+def live_requested() -> bool:
+    """Whether the live tests run: ``WSGI_SQLA_LIVE=1``, or ``CI=true`` (CI runs everything)."""
+    return os.environ.get(LIVE) == "1" or os.environ.get("CI") == "true"
 
 
 # -- databases -------------------------------------------------------------------------

@@ -271,7 +271,7 @@ def launch(
         server = Gunicorn(app, args, env, log)
     elif name == "uwsgi":
         if not UWSGI.exists():
-            missing("uwsgi: pip install -e '.[test]' (the uwsgi package, compiled by pip)")
+            missing("uwsgi: pip install -e '.[live]' (the uwsgi package, compiled by pip)")
         server = Uwsgi(app, [], env, log, worker_count=workers)
     elif name == "waitress":
         if not WAITRESS.exists():
