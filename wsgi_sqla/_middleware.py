@@ -68,7 +68,14 @@ def default_commit_veto(environ: WSGIEnvironment, status: str, headers: _Headers
 
 
 class SessionMiddleware:
-    """Wrap ``app`` so that each request is one unit of work over ``sessions``.
+    """Wrap ``app`` so that each request is one unit of work over ``sessions``::
+
+        db = scoped_session(sessionmaker(bind=create_engine(url)))
+        app.wsgi_app = SessionMiddleware(app.wsgi_app, db)   # Flask
+        application = SessionMiddleware(application, db)     # any WSGI application
+
+    A response below 400 commits the request's work, any other rolls it
+    back, and the sessions are removed after every request.
 
     Guarantees, for every request:
 

@@ -57,7 +57,11 @@ class ActiveRecordMixin:
     scoped session the models use::
 
         class Base(ActiveRecordMixin, DeclarativeBase):
-            __session__ = Session
+            __session__ = db
+
+        class User(Base): ...
+
+        User(name="ann").save()   # add and flush; the unit of work commits
     """
 
     __session__: ClassVar[scoped_session[Session]]

@@ -155,7 +155,9 @@ def _count(name: str, value: object, meaning: str) -> int:
 
 
 class Retry:
-    """How :class:`~wsgi_sqla.SessionMiddleware` runs a request again: ``retry=Retry(3)``.
+    """How :class:`~wsgi_sqla.SessionMiddleware` runs a request again after a transient error::
+
+        app.wsgi_app = SessionMiddleware(app.wsgi_app, db, retry=Retry(3))
 
     :param retries: how many times a request may run again after its first
         attempt failed with a transient error (``Retry(3)``: up to four

@@ -81,7 +81,10 @@ class StaleSessionWarning(RuntimeWarning):
 
 
 class UnitOfWork:
-    """Commit-or-rollback bookkeeping for one request, block or task.
+    """Commit-or-rollback bookkeeping for one request, block or task::
+
+        with UnitOfWork((db,)).running():   # what transaction(db) does
+            User(name="ann").save()
 
     Its owner (the middleware, ``transaction()``, the Celery base) creates
     it, which starts it, asks :meth:`decide` whether to commit, and ends it

@@ -43,9 +43,18 @@ import functools
 from collections.abc import Callable
 from typing import Any, ClassVar, ParamSpec, TypeVar
 
-from celery import Task
 from sqlalchemy.orm import scoped_session
 from typing_extensions import Never
+
+try:
+    from celery import Task
+except ModuleNotFoundError as exc:
+    if exc.name != "celery":  # Celery is there but broken: its own error says more
+        raise
+    raise ModuleNotFoundError(
+        'wsgi_sqla.celery needs Celery, which is not installed: pip install "wsgi_sqla[celery]"',
+        name="celery",
+    ) from exc
 
 from ._once import TaskRuns, run_once, task_key, task_runs
 from ._owners import check_sessions, own_sessions, refuse_removed
