@@ -13,6 +13,10 @@
   transient database error (:func:`is_transient_error`), and
   :func:`fork_safe` keeps pre-forking servers from sharing connections
   between workers;
+* ``SessionMiddleware(..., idempotency=IdempotencyKeys())`` runs a POST
+  or PATCH with an ``Idempotency-Key`` at most once per client and key, its
+  response recorded with its writes and replayed to repeats
+  (:func:`expire_idempotency_keys` deletes old keys);
 * :mod:`wsgi_sqla.testing` isolates tests from each other (the pytest
   plugin in :mod:`wsgi_sqla.pytest_plugin` wraps it); :func:`isolated` and
   :func:`reset_schema` are also importable from here.
@@ -25,6 +29,7 @@ from importlib import metadata as _metadata
 
 from ._fork import fork_safe
 from ._frameworks import report_bottle_exceptions, report_flask_exceptions
+from ._idempotency import IdempotencyKeys, expire_idempotency_keys
 from ._middleware import CommitVeto, SessionMiddleware, default_commit_veto
 from ._model import ActiveRecordMixin, declarative_base
 from ._pooling import TransactionPoolerWarning, transaction_pooled
@@ -59,6 +64,7 @@ __all__ = [
     "ActiveRecordMixin",
     "CommitInDoubtError",
     "CommitVeto",
+    "IdempotencyKeys",
     "RejectedWorkError",
     "ReplicaWriteError",
     "Replicas",
@@ -73,6 +79,7 @@ __all__ = [
     "declarative_base",
     "default_commit_veto",
     "default_replica_reads",
+    "expire_idempotency_keys",
     "force_commit",
     "force_rollback",
     "fork_safe",

@@ -38,6 +38,8 @@ from typing_extensions import Never
 
 from ._errors import error_response, started
 from ._http import succeeded
+from ._idempotency import IdempotencyKeys, KeyStore
+from ._keyed import serve_keyed
 from ._owners import own_sessions, refuse_removed
 from ._replicas import Replicas, check_replicas
 from ._request import RequestUnit
@@ -103,6 +105,12 @@ class SessionMiddleware:
         its ``reads`` predicate accepts to read replicas, with read-your-writes;
         see :class:`~wsgi_sqla.Replicas`. ``None``, the default, turns all of
         this off at no cost.
+    :param idempotency: an :class:`~wsgi_sqla.IdempotencyKeys` object: a
+        POST or PATCH with an ``Idempotency-Key`` header runs the application
+        at most once per client and key, its response recorded in its own
+        transaction and replayed to repeats (see :doc:`/exactly-once`).
+        ``None``, the default, ignores the header at the cost of one
+        attribute check.
     :param errors: what a request whose application raised, or whose commit
         failed, gives the server while nothing of its response was sent.
         ``"respond"`` (the default): the middleware answers ``500 Internal
@@ -142,6 +150,7 @@ class SessionMiddleware:
         commit_veto: CommitVeto = default_commit_veto,
         retry: Retry | None = None,
         replicas: Replicas | None = None,
+        idempotency: IdempotencyKeys | None = None,
         errors: str = "respond",
         **removed: Never,
     ) -> None:
@@ -171,11 +180,24 @@ class SessionMiddleware:
         #: How requests are run again after a transient error; ``None``: never.
         self.retry: Retry | None = retry if retry is not None and retry.retries else None
         self.replicas: Replicas | None = check_replicas(replicas, "SessionMiddleware")
+        if idempotency is not None and not isinstance(idempotency, IdempotencyKeys):
+            raise TypeError(
+                "SessionMiddleware: idempotency must be a wsgi_sqla.IdempotencyKeys or None, "
+                f"got {idempotency!r}"
+            )
+        #: The Idempotency-Key configuration; ``None``: the header means nothing.
+        self.idempotency: IdempotencyKeys | None = idempotency
+        #: Where the keys are stored: the table's session and engine.
+        self.key_store: KeyStore | None = (
+            None if idempotency is None else idempotency.store(self.sessions, "SessionMiddleware")
+        )
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         try:
             # Bound methods made per call, not stored: one kept on self would be a
             # reference cycle, and a dropped middleware would wait for the collector.
+            if self.idempotency is not None and self.idempotency.applies(environ):
+                return serve_keyed(self, environ, start_response)
             if self.retry is not None:
                 return self.retry.run(self._attempt, environ, start_response)
             return self._attempt(environ, start_response)

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._errors import record
 from ._input import (
@@ -31,9 +31,7 @@ from ._rejected import CommitInDoubtError, RejectedWorkError
 from ._unit import UnitOfWork, current
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIEnvironment
-
-    from ._middleware import SessionMiddleware
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 __all__ = ["RequestUnit"]
 
@@ -43,6 +41,16 @@ _ExcInfo = tuple[type[BaseException], BaseException, TracebackType]
 _OptExcInfo = _ExcInfo | tuple[None, None, None] | None
 _Headers = list[tuple[str, str]]
 _END: Any = object()
+
+
+class Runs(Protocol):
+    """What a request runs: the application and the veto (the middleware, or a keyed run)."""
+
+    @property
+    def app(self) -> WSGIApplication: ...
+
+    @property
+    def commit_veto(self) -> Callable[[WSGIEnvironment, str, _Headers], bool]: ...
 
 
 class RequestUnit:
@@ -82,7 +90,7 @@ class RequestUnit:
 
     def __init__(
         self,
-        middleware: SessionMiddleware,
+        middleware: Runs,
         environ: WSGIEnvironment,
         start_response: StartResponse,
         unit: UnitOfWork,
