@@ -9,7 +9,9 @@ nothing else.
 ``--quick`` takes about a minute; the full run a few minutes. ``--profile``
 prints where wsgi_sqla's time goes instead of benchmarking. ``--pooling``
 measures the connection budget instead (PostgreSQL directly and through
-PgBouncer, see :mod:`bench.pooling`) and writes ``pooling.rst``.
+PgBouncer, see :mod:`bench.pooling`) and writes ``pooling.rst``;
+``--idempotency`` what an Idempotency-Key costs a POST (:mod:`bench.idempotency`,
+``idempotency.rst``).
 """
 
 from __future__ import annotations
@@ -100,6 +102,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="instead: read-heavy traffic (90/10) on a primary alone and with one replica, "
         "on throwaway PostgreSQL and MariaDB clusters (writes replicas.rst)",
+    )
+    parser.add_argument(
+        "--idempotency",
+        action="store_true",
+        help="instead: a keyed POST against an unkeyed one, in process, with round trips "
+        "(bench/idempotency.py); writes idempotency.rst",
     )
     parser.add_argument(
         "--profile",
@@ -385,6 +393,17 @@ def main(argv: list[str] | None = None) -> None:
         )
         return
     with tempfile.TemporaryDirectory(prefix="wsgi_sqla_bench_") as tmp:
+        if args.idempotency:
+            from . import idempotency
+
+            urls, _notes = _databases(args.databases, Path(tmp))
+            idempotency.main(
+                urls,
+                rounds=3 if args.quick else 10,
+                batch=20 if args.quick else 50,
+                output=args.output_dir / "idempotency.rst",
+            )
+            return
         if args.profile:
             _profile(Path(tmp))
             return

@@ -118,13 +118,16 @@ def _positive_seconds(value: object, name: str) -> datetime.timedelta:
 
 
 class IdempotencyKeys:
-    """Exactly-once writes for requests that carry an ``Idempotency-Key``.
+    """Exactly-once writes for requests that carry an ``Idempotency-Key``::
 
-    ``SessionMiddleware(app, db, idempotency=IdempotencyKeys())``. A request
-    whose method is in ``methods`` and which carries the header runs the
-    application at most once per (client scope, key); a repeat after its
-    commit gets the stored response with ``Idempotent-Replayed: true``. See
-    :doc:`/exactly-once` for the whole contract.
+        keys = IdempotencyKeys()                     # IdempotencyKeys(required=True) demands one
+        keys.table.create(engine, checkfirst=True)   # or add keys.metadata to Alembic's
+        app.wsgi_app = SessionMiddleware(app.wsgi_app, db, idempotency=keys)
+
+    A request whose method is in ``methods`` and which carries the header
+    runs the application at most once per (client scope, key); a repeat
+    after its commit gets the stored response with ``Idempotent-Replayed:
+    true``. See :doc:`/exactly-once` for the whole contract.
 
     :param required: answer ``400`` to a request of ``methods`` without the
         header (default: such a request runs as any other).
