@@ -12,6 +12,10 @@ No view commits: ``SessionMiddleware`` commits when the status is below 400
 and rolls back otherwise, so ``POST /users/<id>/fail`` (which writes, then
 raises) and ``POST /users`` with a duplicate name (409) leave nothing behind.
 
+A POST or PATCH with an ``Idempotency-Key`` header runs once per client and
+key: a client that lost the answer sends the same request with the same key
+again and gets the first answer replayed (docs/exactly-once.rst).
+
 Outside requests, ``transaction()`` gives a CLI command the same rules::
 
     flask --app examples.flask_app add-users ann bob
@@ -25,9 +29,15 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from wsgi_sqla import Retry, SessionMiddleware, report_flask_exceptions, transaction
+from wsgi_sqla import (
+    IdempotencyKeys,
+    Retry,
+    SessionMiddleware,
+    report_flask_exceptions,
+    transaction,
+)
 
-from .models import User, db
+from .models import User, create_tables, db
 
 app = Flask(__name__)
 
@@ -101,4 +111,9 @@ def add_users(names: tuple[str, ...]) -> None:
 # A deadlock or serialization failure runs the request again (up to 3 times);
 # Flask turns view exceptions into 500s, so it hands them to the middleware first.
 report_flask_exceptions(app)
-app.wsgi_app = SessionMiddleware(app.wsgi_app, db, retry=Retry(3))  # type: ignore[method-assign]
+# Keys live in a table of their own, in the users' database, committed with the work.
+keys = IdempotencyKeys()
+create_tables(keys.metadata)
+app.wsgi_app = SessionMiddleware(  # type: ignore[method-assign]
+    app.wsgi_app, db, retry=Retry(3), idempotency=keys
+)

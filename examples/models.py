@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from sqlalchemy import String, create_engine
+from sqlalchemy import MetaData, String, create_engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import (
     DeclarativeBase,
@@ -53,14 +53,15 @@ class User(Base):
         return {"id": self.id, "name": self.name}
 
 
-def _create_tables() -> None:
+def create_tables(metadata: MetaData) -> None:
+    """Create the tables of ``metadata`` that do not exist yet."""
     try:
-        Base.metadata.create_all(engine)
+        metadata.create_all(engine)
     except DBAPIError:
         # Several gunicorn workers import this at once; one may have created the
         # table between our check and our CREATE. Checking again settles it, and
         # any other failure raises again.
-        Base.metadata.create_all(engine)
+        metadata.create_all(engine)
 
 
-_create_tables()
+create_tables(Base.metadata)

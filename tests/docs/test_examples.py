@@ -24,8 +24,7 @@ def example(
 ) -> Iterator[ModuleType]:
     """The example imported afresh, on the database under test."""
     monkeypatch.setenv("DATABASE_URL", engine.url.render_as_string(hide_password=False))
-    with engine.begin() as connection:
-        connection.execute(text("DROP TABLE IF EXISTS example_users"))
+    drop_tables(engine)
     for name in ("examples.models", f"examples.{request.param}"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     module = importlib.import_module(f"examples.{request.param}")
@@ -34,8 +33,13 @@ def example(
     sys.modules["examples.models"].engine.dispose()
     for name in ("examples.models", f"examples.{request.param}"):
         sys.modules.pop(name, None)
+    drop_tables(engine)
+
+
+def drop_tables(engine: Engine) -> None:
     with engine.begin() as connection:
         connection.execute(text("DROP TABLE IF EXISTS example_users"))
+        connection.execute(text("DROP TABLE IF EXISTS wsgi_sqla_idempotency_keys"))
 
 
 def stored(engine: Engine) -> list[tuple[int, str]]:
@@ -87,3 +91,16 @@ def test_view_that_writes_then_raises_answers_500_and_keeps_nothing(
     app.post(f"/users/{user_id}/fail", status=500, expect_errors=True)
     assert stored(engine) == [(user_id, "ann")]
     assert sys.modules["examples.models"].engine.pool.checkedout() == 0
+
+
+@pytest.mark.parametrize("example", ["flask_app"], indirect=True)
+def test_flask_replays_a_keyed_post_instead_of_running_it_again(
+    example: ModuleType, engine: Engine
+) -> None:
+    app = client(example)
+    key = {"Idempotency-Key": '"7f6c"'}
+    first = app.post_json("/users", {"name": "ann"}, headers=key, status=201)
+    again = app.post_json("/users", {"name": "ann"}, headers=key, status=201)
+    assert (again.body, again.headers["Idempotent-Replayed"]) == (first.body, "true")
+    app.post_json("/users", {"name": "bob"}, headers=key, status=422)
+    assert stored(engine) == [(first.json["id"], "ann")]
