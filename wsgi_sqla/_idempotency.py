@@ -8,7 +8,9 @@ per (scope, key), in two states:
   short transaction of its own, on a connection of its own, before the
   application runs, with a *lease* (``lease_until``). While the lease runs,
   a duplicate of the request is answered ``409 Conflict`` at once: it never
-  waits for the first request's transaction, and never runs the application.
+  waits for the first request's transaction (only, at most, for the moment
+  between the record's ``UPDATE`` and its ``COMMIT``, which follow each
+  other once the response is buffered), and never runs the application.
   A worker killed mid-request leaves its claim behind; once the lease is
   over, the next attempt with that key takes the claim over.
 * a **record**: ``status``, ``headers`` and ``body`` are set. The claim
