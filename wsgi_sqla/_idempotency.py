@@ -329,10 +329,12 @@ class KeyStore:
     __slots__ = ("engine", "keys", "scoped", "table")
 
     def __init__(self, keys: IdempotencyKeys, scoped: scoped_session[Any], engine: Engine) -> None:
-        self.keys = keys
-        self.table = keys.table
-        self.scoped = scoped
-        self.engine = engine
+        self.keys: IdempotencyKeys = keys
+        self.table: Table = keys.table
+        #: the session whose unit writes the records
+        self.scoped: scoped_session[Any] = scoped
+        #: its engine, for the claims' own transactions
+        self.engine: Engine = engine
 
     def claim(self, scope: str, key: str, fingerprint: str) -> Claim:
         """Claim ``key`` for one run, in a committed transaction of its own.

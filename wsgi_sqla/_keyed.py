@@ -275,12 +275,13 @@ class KeyedRun:
         key: str,
         token: str,
     ) -> None:
-        self.middleware = middleware
-        self.store = store
-        self.scope = scope
-        self.key = key
-        self.token = token
-        self.committed = False
+        self.middleware: SessionMiddleware = middleware
+        self.store: KeyStore = store
+        self.scope: str = scope
+        self.key: str = key
+        self.token: str = token
+        #: set by an after-commit hook once the unit holding the record committed
+        self.committed: bool = False
 
     def commit_veto(
         self, environ: WSGIEnvironment, status: str, headers: list[tuple[str, str]]
