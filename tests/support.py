@@ -22,7 +22,20 @@ from pathlib import Path
 from typing import Any, Literal, NoReturn
 
 import pytest
-from sqlalchemy import Engine, ForeignKey, String, create_engine, event, func, select, text
+from sqlalchemy import (
+    Column,
+    Engine,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship, scoped_session
 from werkzeug.test import EnvironBuilder
 
@@ -170,6 +183,16 @@ class Probe:
     def checked_out(self) -> int:
         """Connections currently checked out of the engine's pool."""
         return int(self.engine.pool.checkedout())  # type: ignore[attr-defined]
+
+
+#: The in-doubt COMMIT tests' table, on its own MetaData. No unique key on the
+#: tag: work done twice shows as two rows.
+tagged_rows = Table(
+    "wsgi_sqla_in_doubt",
+    MetaData(),
+    Column("id", Integer, primary_key=True),
+    Column("tag", String(40), nullable=False),
+)
 
 
 class Boom(Exception):

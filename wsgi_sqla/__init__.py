@@ -30,6 +30,7 @@ from importlib import metadata as _metadata
 from ._fork import fork_safe
 from ._frameworks import report_bottle_exceptions, report_flask_exceptions
 from ._idempotency import IdempotencyKeys, expire_idempotency_keys
+from ._in_doubt import NotCommittedError, resolve_in_doubt
 from ._middleware import CommitVeto, SessionMiddleware, default_commit_veto
 from ._model import ActiveRecordMixin, declarative_base
 from ._pooling import TransactionPoolerWarning, transaction_pooled
@@ -65,6 +66,7 @@ __all__ = [
     "CommitInDoubtError",
     "CommitVeto",
     "IdempotencyKeys",
+    "NotCommittedError",
     "RejectedWorkError",
     "ReplicaWriteError",
     "Replicas",
@@ -89,6 +91,7 @@ __all__ = [
     "report_exception",
     "report_flask_exceptions",
     "reset_schema",
+    "resolve_in_doubt",
     "transaction",
     "transaction_pooled",
     "use_primary",

@@ -85,6 +85,7 @@ __all__ = [
     "Ledger",
     "RejectedWorkError",
     "check_flushed",
+    "first_line",
     "in_doubt",
     "refused_flush",
     "watch",
@@ -152,7 +153,8 @@ def in_doubt(error: BaseException) -> bool:
     )
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """``error``'s class and the first line of its message, for a log line."""
     text = str(error).strip()
     return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
 
@@ -261,7 +263,7 @@ def _loses_transaction(context: ExceptionContext) -> bool:
 def _rejected(error: BaseException | None, what: str | None = None) -> RejectedWorkError:
     if what is None:
         what = (
-            f"the database rejected a statement ({_first_line(error)})"
+            f"the database rejected a statement ({first_line(error)})"
             if error is not None
             else "a flush failed"
         )

@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._errors import record
+from ._in_doubt import NotCommittedError
 from ._input import (
     REFUSED_BODY,
     REFUSED_HEADERS,
@@ -279,8 +280,8 @@ class RequestUnit:
                 whole = unit.commit()
             except BaseException as exc:
                 self._failure = exc
-                if not isinstance(exc, (RejectedWorkError, CommitInDoubtError)):
-                    # Those two the unit logged itself, saying what became of the work.
+                if not isinstance(exc, (RejectedWorkError, CommitInDoubtError, NotCommittedError)):
+                    # Those the unit logged itself, saying what became of the work.
                     logger.exception(
                         "commit failed; rolled back, the client gets an error instead of %r",
                         status,

@@ -56,6 +56,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._context import current
+from ._in_doubt import NotCommittedError
 from ._input import CountedInput, refuse
 from ._owners import check_seconds
 from ._rejected import CommitInDoubtError, RejectedWorkError
@@ -134,6 +135,8 @@ class ReplayGuard:
 def _asks_retry(retry_if: Callable[[BaseException], bool], exc: BaseException) -> bool:
     if isinstance(exc, CommitInDoubtError):
         return False  # the work may be in the database already: never run it twice
+    if isinstance(exc, NotCommittedError):
+        return True  # the database says nothing was committed: a lost connection, re-run
     if isinstance(exc, RejectedWorkError) and exc.error is not None:
         exc = exc.error  # nothing was committed: as safe to re-run as its first error
     try:
@@ -166,7 +169,10 @@ class Retry:
         defaults to :func:`~wsgi_sqla.is_transient_error` (PostgreSQL and
         MariaDB serialization failures, deadlocks, lock timeouts). Whatever
         it says, a ``COMMIT`` whose outcome is unknown
-        (:class:`~wsgi_sqla.CommitInDoubtError`) is never run again.
+        (:class:`~wsgi_sqla.CommitInDoubtError`) is never run again, and one
+        the database says did not take effect
+        (:class:`~wsgi_sqla.NotCommittedError`, see
+        :func:`~wsgi_sqla.resolve_in_doubt`) always is.
     :param body_limit: request bodies up to this many bytes (default 1 MiB)
         are buffered so that they can be replayed; a request with a larger
         body, or one of unknown length, runs once.

@@ -40,6 +40,7 @@ from sqlalchemy.orm import scoped_session
 
 from ._context import current
 from ._fork import adopt_pools
+from ._in_doubt import Doubt, NotCommittedError, lookup, settle
 from ._registry import is_live
 from ._rejected import (
     CommitInDoubtError,
@@ -98,7 +99,7 @@ class UnitOfWork:
     * :meth:`running`: all of the above around a block of code.
     """
 
-    __slots__ = ("_forced", "_ledger", "_pending_hooks", "_ready_hooks", "sessions")
+    __slots__ = ("_doubt", "_forced", "_ledger", "_pending_hooks", "_ready_hooks", "sessions")
 
     def __init__(self, sessions: tuple[scoped_session[Any], ...]) -> None:
         """Start a unit over ``sessions``, discarding sessions left by an earlier one.
@@ -118,6 +119,8 @@ class UnitOfWork:
         self._ready_hooks: list[_Hook] | None = None
         #: What the sessions began on and what the database rejected; made at the first begin.
         self._ledger: Ledger | None = None
+        #: How a COMMIT in doubt is settled; made when a lookup may be needed (_in_doubt.py).
+        self._doubt: Doubt | None = None
         for scoped in sessions:
             if is_live(scoped):
                 warnings.warn(
@@ -249,7 +252,13 @@ class UnitOfWork:
                     session.flush()
             for session in live:
                 if session.in_transaction():
-                    session.commit()
+                    try:
+                        session.commit()
+                    except BaseException as error:
+                        if not in_doubt(error):
+                            raise
+                        # Carries on if it committed after all; raises otherwise.
+                        settle(session, error, lookup(self._doubt, session, ledger))
                 committed += 1
         except BaseException as error:
             if committed:
@@ -269,15 +278,8 @@ class UnitOfWork:
             if isinstance(error, RejectedWorkError):
                 logger.error("not committed: %s", error)
                 raise
-            if in_doubt(error):
-                message = (
-                    f"COMMIT lost its connection ({type(error).__name__}: "
-                    f"{str(error).strip().splitlines()[0] if str(error).strip() else ''}); "
-                    "the outcome is unknown: the work may or may not be in the database, "
-                    "and it is not run again"
-                )
-                logger.error("%s", message)
-                raise CommitInDoubtError(message, error) from error
+            if isinstance(error, (NotCommittedError, CommitInDoubtError)):
+                logger.error("%s", error)
             raise
         if self._pending_hooks:
             if self._ready_hooks is None:

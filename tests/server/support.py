@@ -455,10 +455,11 @@ class TcpProxy:
                     if cut is None:
                         pair[sock].sendall(data)
                         continue
-                    # Forward up to the end of the watched message, let the server
-                    # answer it (or give it a moment), then hang up on both sides.
-                    upstream.sendall(data[:cut])
-                    if select.select([upstream], [], [], self.REPLY_WAIT)[0]:
+                    # Forward up to the cut; if it forwarded the watched message, let the
+                    # server answer it (or give it a moment); then hang up on both sides.
+                    offset, answered = cut
+                    upstream.sendall(data[:offset])
+                    if answered and select.select([upstream], [], [], self.REPLY_WAIT)[0]:
                         upstream.recv(65536)  # the reply, never forwarded
                     return
         except (OSError, ValueError):
@@ -473,12 +474,13 @@ class TcpProxy:
     #: How long a cut connection waits for the server's reply to the watched message.
     REPLY_WAIT: ClassVar[float] = 2.0
 
-    def _watch(self) -> Callable[[bytes], int | None] | None:
+    def _watch(self) -> Callable[[bytes], tuple[int, bool] | None] | None:
         """Per connection: a function that reads the client's bytes as they pass.
 
-        It returns ``None`` to forward a chunk, or the offset in the chunk just
-        after a message that must be the last one forwarded on this connection.
-        The plain proxy watches nothing.
+        It returns ``None`` to forward a chunk, or ``(offset, answered)``: the
+        offset in the chunk after which nothing more is forwarded on this
+        connection, and whether the server must be given time to answer the
+        watched message (it was forwarded). The plain proxy watches nothing.
         """
         return None
 
@@ -489,6 +491,9 @@ class CommitCuttingProxy(TcpProxy):
     The client's COMMIT reaches the server; the proxy waits for the server's
     reply (or :attr:`REPLY_WAIT` seconds), drops it, and closes both sockets.
     The transaction is committed, yet the client sees a lost connection.
+    Armed with ``forward=False``, the proxy hangs up *before* forwarding the
+    COMMIT: the client sees the same lost connection, and the server, which
+    never got the COMMIT, rolls the transaction back.
     ``dialect`` is ``"postgresql"`` (psycopg's simple Query message; the URL
     must say ``sslmode=disable`` so the stream can be read) or ``"mariadb"``
     / ``"mysql"`` (a COM_QUERY packet). :attr:`cuts` counts the COMMITs cut.
@@ -501,11 +506,17 @@ class CommitCuttingProxy(TcpProxy):
         self.dialect = dialect
         self.cuts = 0
         self._armed = 0
+        self._forward = True
 
-    def arm(self, times: int = 1) -> None:
-        """Cut the connection after the next ``times`` COMMITs (on any connection)."""
+    def arm(self, times: int = 1, *, forward: bool = True) -> None:
+        """Cut the connection at the next ``times`` COMMITs (on any connection).
+
+        After forwarding each (the server commits), or before (``forward=False``:
+        the server never gets it).
+        """
         with self._lock:
             self._armed = times
+            self._forward = forward
 
     @property
     def armed(self) -> int:
@@ -513,19 +524,20 @@ class CommitCuttingProxy(TcpProxy):
         with self._lock:
             return self._armed
 
-    def _take(self) -> bool:
+    def _take(self) -> bool | None:
+        """``None`` when not armed; else whether the COMMIT is forwarded before the cut."""
         with self._lock:
             if self._armed <= 0:
-                return False
+                return None
             self._armed -= 1
             self.cuts += 1
-            return True
+            return self._forward
 
-    def _watch(self) -> Callable[[bytes], int | None]:
+    def _watch(self) -> Callable[[bytes], tuple[int, bool] | None]:
         buffer = bytearray()  # client bytes not yet read as whole messages
         started = self.dialect != "postgresql"  # PostgreSQL: untyped messages first
 
-        def watch(data: bytes) -> int | None:
+        def watch(data: bytes) -> tuple[int, bool] | None:
             nonlocal started
             base = len(buffer)  # where ``data`` starts in ``buffer``
             buffer.extend(data)
@@ -564,9 +576,11 @@ class CommitCuttingProxy(TcpProxy):
                         break
                     payload = bytes(buffer[consumed + 4 : end])
                     is_commit = payload[:1] == b"\x03" and payload[1:].strip().upper() == b"COMMIT"
-                consumed = end
-                if is_commit and self._take():
-                    return end - base
+                start, consumed = consumed, end
+                forward = self._take() if is_commit else None
+                if forward is not None:
+                    # A COMMIT begun in an earlier chunk is incomplete without this one.
+                    return max((end if forward else start) - base, 0), forward
             del buffer[:consumed]
             return None
 

@@ -1,0 +1,90 @@
+"""The proxied application side of the in-doubt COMMIT tests, and their direct view.
+
+The application reaches its database through a :class:`CommitCuttingProxy`;
+the test reads the database through its own direct engine, never through
+the proxy or the session under test.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, insert, select
+from sqlalchemy.orm import Session, scoped_session, sessionmaker
+from support import Exchange, make_engine, serve, tagged_rows
+
+from .support import CommitCuttingProxy
+
+rows = tagged_rows
+metadata = rows.metadata
+
+
+@dataclass
+class Doubt:
+    """The proxied application side, and the test's direct view of the database."""
+
+    proxy: CommitCuttingProxy
+    direct: Engine
+    #: The application's engine, through the proxy.
+    proxied: Engine
+    db: scoped_session[Session]
+    calls: list[str] = field(default_factory=list)
+
+    def copies(self, tag: str) -> int:
+        """Committed rows with ``tag``, read through a direct connection."""
+        with self.direct.connect() as connection:
+            query = select(func.count()).select_from(rows).where(rows.c.tag == tag)
+            return int(connection.execute(query).scalar_one())
+
+    def app(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        """Inserts the row named by the query string, answers 201."""
+        tag = environ["QUERY_STRING"]
+        self.calls.append(tag)
+        self.db.execute(insert(rows).values(tag=tag))
+        start_response("201 Created", [("Content-Type", "text/plain")])
+        return [tag.encode()]
+
+    def post(self, middleware: Any, *, forward: bool = True) -> tuple[str, Exchange]:
+        """One POST through ``middleware`` with its COMMIT cut; (its tag, what was seen).
+
+        The cut comes after the COMMIT reached the server, or before
+        (``forward=False``).
+        """
+        tag = uuid.uuid4().hex
+        self.proxy.arm(forward=forward)
+        seen = serve(middleware, method="POST", environ={"QUERY_STRING": tag})
+        assert self.proxy.armed == 0, "the request never sent a COMMIT"
+        return tag, seen
+
+
+@contextmanager
+def doubt_over(engine: Engine) -> Iterator[Doubt]:
+    """A :class:`Doubt` whose application reaches ``engine``'s database through the proxy."""
+    metadata.drop_all(engine)
+    metadata.create_all(engine)
+    url = engine.url
+    proxy = CommitCuttingProxy(url.host or "127.0.0.1", url.port or 0, engine.dialect.name)
+    proxy.start()
+    proxied = url.set(host="127.0.0.1", port=proxy.port)
+    if engine.dialect.name == "postgresql":
+        proxied = proxied.update_query_dict({"sslmode": "disable"})  # the proxy reads the stream
+    app_engine = make_engine(proxied.render_as_string(hide_password=False))
+    db: scoped_session[Session] = scoped_session(sessionmaker(bind=app_engine))
+    try:
+        yield Doubt(proxy, engine, app_engine, db)
+    finally:
+        db.remove()
+        proxy.stop()
+        app_engine.dispose()
+        metadata.drop_all(engine)
+
+
+def messages(caplog: pytest.LogCaptureFixture, level: int = logging.ERROR) -> list[str]:
+    """The messages of the "wsgi_sqla" logger's records at ``level`` and above."""
+    return [r.getMessage() for r in caplog.records if r.name == "wsgi_sqla" and r.levelno >= level]

@@ -1,0 +1,165 @@
+"""What :func:`wsgi_sqla.resolve_in_doubt` accepts, and what it costs, in statements.
+
+The option reads the transaction id just before COMMIT on a unit that wrote:
+exactly one statement more on a writing unit, none on a unit that only read
+or did nothing, and none on an engine without it. Counted with the
+project's round-trip counter, on engines of their own (the option stays on
+an engine for its life, so the shared ones are never given it). What it
+settles is tested through a COMMIT-cutting proxy in
+tests/server/test_in_doubt_resolved.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, create_engine, insert, select, text, update
+from sqlalchemy.orm import Session, registry, scoped_session, sessionmaker
+from support import make_engine, serve, tagged_rows
+
+from wsgi_sqla import SessionMiddleware, resolve_in_doubt, transaction
+from wsgi_sqla.testing import RoundTrips, count_round_trips
+
+notes = tagged_rows
+metadata = notes.metadata
+
+
+class Note:
+    """A mapped class, for work the ORM flushes only when the unit commits."""
+
+    tag: str
+
+
+registry().map_imperatively(Note, notes)
+
+Work = Callable[[scoped_session[Session]], object]
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        pytest.param(lambda: resolve_in_doubt("postgresql://"), TypeError, id="not-an-engine"),
+        pytest.param(
+            lambda: resolve_in_doubt(create_engine("sqlite://")), ValueError, id="not-postgresql"
+        ),
+        pytest.param(
+            lambda: resolve_in_doubt(create_engine("postgresql+psycopg://"), wait=-1),
+            ValueError,
+            id="negative-wait",
+        ),
+        pytest.param(
+            lambda: resolve_in_doubt(create_engine("postgresql+psycopg://"), wait=True),
+            TypeError,
+            id="wait-not-seconds",
+        ),
+    ],
+)
+def test_resolve_in_doubt_refuses_bad_arguments_clearly(
+    call: Callable[[], object], error: type[Exception]
+) -> None:
+    with pytest.raises(error, match=r"resolve_in_doubt\(\)"):
+        call()
+
+
+def test_resolve_in_doubt_returns_its_engine() -> None:
+    engine = create_engine("postgresql+psycopg://")
+    assert resolve_in_doubt(engine) is engine
+    assert resolve_in_doubt(engine, wait=1) is engine  # again: only the wait changes
+
+
+# -- the cost, on PostgreSQL ----------------------------------------------------------------
+
+pg = pytest.mark.parametrize("db_name", ["postgresql"], indirect=True)
+
+
+@pytest.fixture
+def engines(engine: Engine) -> Iterator[tuple[Engine, Engine]]:
+    """(without the option, with it): two engines of their own on the database under test."""
+    metadata.drop_all(engine)
+    metadata.create_all(engine)
+    url = engine.url.render_as_string(hide_password=False)
+    off, on = make_engine(url), resolve_in_doubt(make_engine(url))
+    for made in (off, on):
+        with made.connect():
+            pass  # the dialect's first-connect queries are not counted
+    try:
+        yield off, on
+    finally:
+        off.dispose()
+        on.dispose()
+        metadata.drop_all(engine)
+
+
+def _add_note(db: scoped_session[Session]) -> None:
+    note = Note()
+    note.tag = "orm"
+    db.add(note)  # flushed by the commit, after the unit decided
+
+
+WORK: dict[str, tuple[Work, int]] = {
+    # work: (what the unit does, statements the option adds)
+    "insert": (lambda db: db.execute(insert(notes).values(tag="a")), 1),
+    "update": (lambda db: db.execute(update(notes).values(tag="b")), 1),
+    "textual insert": (
+        lambda db: db.execute(text("INSERT INTO wsgi_sqla_in_doubt (tag) VALUES ('t')")),
+        1,
+    ),
+    "orm add flushed by the commit": (_add_note, 1),
+    "select for update": (lambda db: db.execute(select(notes).with_for_update()).all(), 1),
+    "select": (lambda db: db.execute(select(notes)).all(), 0),
+    "textual select": (lambda db: db.execute(text("SELECT 1")).all(), 0),
+    "nothing": (lambda db: None, 0),
+}
+
+
+def _request_counts(engine: Engine, work: Work) -> RoundTrips:
+    db: scoped_session[Session] = scoped_session(sessionmaker(bind=engine))
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        work(db)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    with count_round_trips(engine) as counts:
+        assert serve(SessionMiddleware(app, db)).status == "200 OK"
+    return counts
+
+
+def _block_counts(engine: Engine, work: Work) -> RoundTrips:
+    db: scoped_session[Session] = scoped_session(sessionmaker(bind=engine))
+    with count_round_trips(engine) as counts, transaction(db):
+        work(db)
+    return counts
+
+
+@pg
+@pytest.mark.parametrize("owner", [_request_counts, _block_counts], ids=["request", "block"])
+@pytest.mark.parametrize(("work", "added"), list(WORK.values()), ids=list(WORK))
+def test_the_option_adds_one_statement_to_a_writing_unit_and_none_to_others(
+    engines: tuple[Engine, Engine],
+    owner: Callable[[Engine, Work], RoundTrips],
+    work: Work,
+    added: int,
+) -> None:
+    off, on = engines
+    without, with_option = owner(off, work), owner(on, work)
+    assert with_option.statements == without.statements + added
+    assert (with_option.begin, with_option.commit, with_option.checkouts) == (
+        without.begin,
+        without.commit,
+        without.checkouts,
+    )
+
+
+@pg
+def test_an_engine_without_the_option_costs_what_it_did_beside_one_with_it(
+    engines: tuple[Engine, Engine],
+) -> None:
+    off, _on = engines
+    insert_note = WORK["insert"][0]
+    # The committed request of tests/test_middleware_cost.py: not one statement more.
+    assert _request_counts(off, insert_note) == RoundTrips(
+        statements=1, begin=1, commit=1, checkouts=1, resets=1
+    )
