@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Engine, func, insert, make_url, select
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from support import Exchange, make_engine, serve, tagged_rows
+
+from wsgi_sqla import transaction_pooled
 
 from .support import CommitCuttingProxy
 
@@ -64,17 +66,24 @@ class Doubt:
 
 
 @contextmanager
-def doubt_over(engine: Engine) -> Iterator[Doubt]:
-    """A :class:`Doubt` whose application reaches ``engine``'s database through the proxy."""
+def doubt_over(engine: Engine, through: str | None = None) -> Iterator[Doubt]:
+    """A :class:`Doubt` whose application reaches ``engine``'s database through the proxy.
+
+    ``through``: the URL of a transaction-pooling PgBouncer in front of that
+    database, which the proxy then forwards to (the application's engine is
+    made :func:`~wsgi_sqla.transaction_pooled`).
+    """
     metadata.drop_all(engine)
     metadata.create_all(engine)
-    url = engine.url
+    url = engine.url if through is None else make_url(through)
     proxy = CommitCuttingProxy(url.host or "127.0.0.1", url.port or 0, engine.dialect.name)
     proxy.start()
     proxied = url.set(host="127.0.0.1", port=proxy.port)
     if engine.dialect.name == "postgresql":
         proxied = proxied.update_query_dict({"sslmode": "disable"})  # the proxy reads the stream
     app_engine = make_engine(proxied.render_as_string(hide_password=False))
+    if through is not None:
+        transaction_pooled(app_engine)
     db: scoped_session[Session] = scoped_session(sessionmaker(bind=app_engine))
     try:
         yield Doubt(proxy, engine, app_engine, db)
