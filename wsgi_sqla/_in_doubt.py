@@ -98,7 +98,7 @@ class Doubt:
 
 
 def _doubt(unit: UnitOfWork) -> Doubt:
-    doubt = unit._doubt
+    doubt: Doubt | None = getattr(unit, "_doubt", None)
     if doubt is None:
         doubt = unit._doubt = Doubt()
     return doubt
@@ -114,13 +114,14 @@ def resolve_by(unit: UnitOfWork, session: Session, lookup: Lookup) -> None:
     _doubt(unit).keyed[session] = lookup
 
 
-def lookup(doubt: Doubt | None, session: Session, ledger: Ledger | None) -> Lookup | None:
+def lookup(unit: UnitOfWork, session: Session, ledger: Ledger | None) -> Lookup | None:
     """How to settle ``session``'s COMMIT in doubt; ``None``: nothing can tell.
 
     A keyed lookup when one was registered; else the transaction id read
     before COMMIT when the session wrote on one connection of a
     :func:`resolve_in_doubt` engine.
     """
+    doubt: Doubt | None = getattr(unit, "_doubt", None)
     if doubt is None:
         return None
     found = doubt.keyed.get(session)
@@ -284,7 +285,7 @@ class _XactStatus:
     def committing(self, connection: Connection) -> None:
         """Just before COMMIT: read the id of a transaction that wrote in a unit."""
         unit = current.get()
-        doubt = unit._doubt if unit is not None else None
+        doubt: Doubt | None = getattr(unit, "_doubt", None)
         if doubt is None or connection not in doubt.wrote:
             return
         doubt.wrote.discard(connection)

@@ -101,6 +101,10 @@ class UnitOfWork:
 
     __slots__ = ("_doubt", "_forced", "_ledger", "_pending_hooks", "_ready_hooks", "sessions")
 
+    #: How a COMMIT in doubt is settled (_in_doubt.py). Unset until a lookup may be
+    #: needed, so that a unit which never needs one does not even store a ``None``.
+    _doubt: Doubt
+
     def __init__(self, sessions: tuple[scoped_session[Any], ...]) -> None:
         """Start a unit over ``sessions``, discarding sessions left by an earlier one.
 
@@ -119,8 +123,6 @@ class UnitOfWork:
         self._ready_hooks: list[_Hook] | None = None
         #: What the sessions began on and what the database rejected; made at the first begin.
         self._ledger: Ledger | None = None
-        #: How a COMMIT in doubt is settled; made when a lookup may be needed (_in_doubt.py).
-        self._doubt: Doubt | None = None
         for scoped in sessions:
             if is_live(scoped):
                 warnings.warn(
@@ -258,7 +260,7 @@ class UnitOfWork:
                         if not in_doubt(error):
                             raise
                         # Carries on if it committed after all; raises otherwise.
-                        settle(session, error, lookup(self._doubt, session, ledger))
+                        settle(session, error, lookup(self, session, ledger))
                 committed += 1
         except BaseException as error:
             if committed:

@@ -19,7 +19,8 @@ from sqlalchemy import Engine, create_engine, insert, select, text, update
 from sqlalchemy.orm import Session, registry, scoped_session, sessionmaker
 from support import make_engine, serve, tagged_rows
 
-from wsgi_sqla import SessionMiddleware, resolve_in_doubt, transaction
+from wsgi_sqla import SessionMiddleware, _in_doubt, resolve_in_doubt, transaction
+from wsgi_sqla._in_doubt import _options
 from wsgi_sqla.testing import RoundTrips, count_round_trips
 
 notes = tagged_rows
@@ -163,3 +164,44 @@ def test_an_engine_without_the_option_costs_what_it_did_beside_one_with_it(
     assert _request_counts(off, insert_note) == RoundTrips(
         statements=1, begin=1, commit=1, checkouts=1, resets=1
     )
+
+
+# -- what the lookup answers, for a transaction left in each state -------------------------
+
+
+@pg
+@pytest.mark.parametrize("modern", [True, False], ids=["pg_xact_status", "txid_status"])
+@pytest.mark.parametrize(
+    ("end", "answer", "said"),
+    [
+        pytest.param("commit", True, "'committed'", id="committed"),
+        pytest.param("rollback", False, "'aborted'", id="aborted"),
+        pytest.param(None, None, "'in progress' after 0.2 s", id="still-in-progress"),
+    ],
+)
+def test_the_lookup_answers_the_transaction_state_and_waits_while_in_progress(
+    engines: tuple[Engine, Engine],
+    monkeypatch: pytest.MonkeyPatch,
+    modern: bool,
+    end: str | None,
+    answer: bool | None,
+    said: str,
+) -> None:
+    off, on = engines
+    option = _options[resolve_in_doubt(on, wait=0.2)]
+    waits: list[float] = []
+    monkeypatch.setattr(_in_doubt, "sleep", lambda seconds: waits.append(seconds))
+    read = "pg_current_xact_id" if modern else "txid_current"
+    with off.connect() as connection:
+        connection.execute(insert(notes).values(tag="state"))
+        xid = connection.exec_driver_sql(f"SELECT CAST({read}() AS text)").scalar_one()
+        if end == "commit":
+            connection.commit()
+        elif end == "rollback":
+            connection.rollback()
+        # Without an end, the transaction is still open while the lookup asks.
+        outcome, how = option.status(xid, modern)
+
+    assert outcome is answer
+    assert said in how, how
+    assert bool(waits) is (end is None), "it waits only while the transaction is in progress"
