@@ -74,6 +74,12 @@ class transaction:  # lower case: used like a function, as contextlib.suppress i
       connection of the parent: the sessions' engines are made
       :func:`~wsgi_sqla.fork_safe`.
 
+    When ``COMMIT`` loses its connection, the block returns normally if
+    the unit can establish that it committed (see
+    :func:`~wsgi_sqla.resolve_in_doubt`), raises
+    :class:`~wsgi_sqla.NotCommittedError` if it did not, and
+    :class:`~wsgi_sqla.CommitInDoubtError` if nothing can tell.
+
     Inside a running unit of work (a request wrapped by the middleware, an
     enclosing ``transaction()``, a Celery task) the block joins that unit:
     it commits, rolls back and removes nothing itself, its sessions are

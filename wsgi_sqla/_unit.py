@@ -229,11 +229,18 @@ class UnitOfWork:
         work in was removed by someone else before the decision: its work
         was discarded, not committed.
 
+        When ``COMMIT`` lost its connection, the session's lookup (an
+        idempotency key, :func:`~wsgi_sqla.resolve_in_doubt`) is asked on a
+        fresh connection: if it committed, the unit carries on as committed
+        (logged as a WARNING saying how).
+
         :raises RejectedWorkError: before committing anything, when the
             database rejected part of the unit's work and the application
             went on (logged once, as an ERROR).
-        :raises CommitInDoubtError: when ``COMMIT`` lost its connection, so
-            its outcome is unknown (logged once, as an ERROR).
+        :raises NotCommittedError: when ``COMMIT`` lost its connection and the
+            lookup says it did not take effect (logged once, as an ERROR).
+        :raises CommitInDoubtError: when ``COMMIT`` lost its connection and
+            nothing can tell its outcome (logged once, as an ERROR).
         """
         live = []
         # A loop, not a list comprehension: 151 ns against 211 (timeit, Python 3.11).
