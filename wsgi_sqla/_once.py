@@ -9,7 +9,10 @@ instead of running the body directly. Within the call's unit of work it
 2. runs the body, flushes what it wrote, and inserts the record (with the
    body's result as JSON when it is JSON-able) through the first session;
 3. lets the unit commit, as every task call does: the record commits if and
-   only if the body's writes do.
+   only if the body's writes do; so a ``COMMIT`` that loses its connection
+   is settled by looking the record up on a fresh connection (found: the
+   call committed and returns its result; not found:
+   :class:`~wsgi_sqla.NotCommittedError`, which Celery may retry).
 
 Two statements per call, both on the first session's database. A worker
 that runs the same key at the same moment as another gets the unique key
@@ -25,12 +28,14 @@ import datetime
 import json
 import logging
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from celery.exceptions import Ignore
 from sqlalchemy import (
     Column,
     DateTime,
+    Engine,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -43,6 +48,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import scoped_session
 
+from ._in_doubt import resolve_by
 from ._transaction import transaction
 from ._unit import UnitOfWork, unit_of_work
 
@@ -153,6 +159,16 @@ def task_key(
     return key
 
 
+def _recorded(bind: Engine, name: str, key: str) -> tuple[bool, str]:
+    """Whether the record of ``(name, key)`` is committed, asked on a fresh connection."""
+    table = task_runs.table
+    with bind.connect() as connection:
+        found = connection.execute(
+            select(table.c.key).where(table.c.task == name, table.c.key == key)
+        ).first()
+    return found is not None, f"task run {name}[{key}] {'found' if found else 'not found'}"
+
+
 def run_once(
     name: str,
     key: str,
@@ -174,7 +190,7 @@ def run_once(
     table = task_runs.table
     db = sessions[0]
     try:
-        with unit_of_work(sessions, start):
+        with unit_of_work(sessions, start) as unit:
             found = db.execute(
                 select(table.c.result).where(table.c.task == name, table.c.key == key)
             ).first()
@@ -195,6 +211,10 @@ def run_once(
                 )
             except IntegrityError as error:
                 raise _AlreadyRan from error
+            bind = db.get_bind()
+            if isinstance(bind, Engine):
+                # The record commits with the work: finding it settles a COMMIT in doubt.
+                resolve_by(unit, db.registry(), partial(_recorded, bind, name, key))
             return result
     except _AlreadyRan:
         logger.warning(
