@@ -247,6 +247,14 @@ def resolve_in_doubt(engine: Engine, *, wait: float = 5.0) -> Engine:
     return engine
 
 
+def _keyed(unit: Any, doubt: Doubt, connection: Connection) -> bool:
+    """Whether a session with a keyed lookup began its transaction on ``connection``."""
+    ledger: Ledger | None = unit._ledger
+    return ledger is not None and any(
+        began.connection is connection and began.session in doubt.keyed for began in ledger.began
+    )
+
+
 def _writes(context: Any, statement: str) -> bool:
     """Whether a statement may have assigned its transaction an id: anything but a plain SELECT."""
     if context is not None and (context.isinsert or context.isupdate or context.isdelete):
@@ -289,6 +297,8 @@ class _XactStatus:
         if doubt is None or connection not in doubt.wrote:
             return
         doubt.wrote.discard(connection)
+        if doubt.keyed and _keyed(unit, doubt, connection):
+            return  # the key's record settles it, at no cost
         version: tuple[Any, ...] = connection.dialect.server_version_info or (0,)
         if version < (10,):
             return  # no txid_status: the doubt stays unknown

@@ -29,9 +29,9 @@ from sqlalchemy.orm import (
     scoped_session,
     sessionmaker,
 )
-from support import Boom
+from support import Boom, make_engine
 
-from wsgi_sqla import ActiveRecordMixin, force_rollback
+from wsgi_sqla import ActiveRecordMixin, force_rollback, resolve_in_doubt
 from wsgi_sqla.celery import SessionTask, task_base, task_runs
 from wsgi_sqla.testing import count_round_trips
 
@@ -279,6 +279,27 @@ def test_without_once_a_task_costs_no_extra_statement_and_with_it_two(tables: En
     assert plain.statements == 1  # the body's INSERT, nothing else
     assert once.statements == 3  # the SELECT of the record, the body's INSERT, the record
     assert again.statements == 1  # the SELECT that finds the record
+
+
+@pytest.mark.parametrize("db_name", ["postgresql"], indirect=True)
+def test_with_resolve_in_doubt_a_once_task_reads_no_transaction_id_and_a_plain_one_does(
+    tables: Engine,
+) -> None:
+    resolving = resolve_in_doubt(make_engine(tables.url.render_as_string(hide_password=False)))
+    once_db.configure(bind=resolving)
+    try:
+        with resolving.connect():
+            pass
+        with count_round_trips(resolving) as plain:
+            add_effect_plain.apply(args=("a",), task_id="id-1").get()
+        with count_round_trips(resolving) as once:
+            add_effect.apply(args=("b",), task_id="id-2").get()
+    finally:
+        once_db.remove()
+        resolving.dispose()
+
+    assert plain.statements == 1 + 1  # the body's INSERT, the transaction id
+    assert once.statements == 3  # as without the option: its record settles a doubt
 
 
 # -- expiry and configuration -----------------------------------------------------------------
