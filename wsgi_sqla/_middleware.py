@@ -126,7 +126,9 @@ class SessionMiddleware:
     :raises TypeError: when an argument has the wrong type (``app`` or
         ``commit_veto`` not callable, a session not a ``scoped_session``,
         ``retry`` not a :class:`~wsgi_sqla.Retry`, ``replicas`` not a
-        :class:`~wsgi_sqla.Replicas`), or is a keyword removed before 1.0
+        :class:`~wsgi_sqla.Replicas`), a session is scoped to a framework's
+        own context (Flask-SQLAlchemy's ``db.session``: the message names
+        :func:`wsgi_sqla.flask_sqlalchemy.init_app`), or is a keyword removed before 1.0
         (``retries=``, ``replica_max_lag=``, ...): the message names the
         object that replaced it.
     :raises ValueError: when a session is given twice, or ``errors`` is
@@ -170,7 +172,9 @@ class SessionMiddleware:
             )
         self.app = app
         self.errors = errors
-        self.sessions: tuple[scoped_session[Any], ...] = own_sessions(sessions, "SessionMiddleware")
+        self.sessions: tuple[scoped_session[Any], ...] = own_sessions(
+            sessions, "SessionMiddleware", per_request=True
+        )
         self.commit_veto = commit_veto
         if retry is not None and not isinstance(retry, Retry):
             raise TypeError(

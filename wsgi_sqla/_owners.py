@@ -29,12 +29,20 @@ __all__ = [
 ]
 
 
-def check_sessions(sessions: Iterable[object], owner: str) -> tuple[scoped_session[Any], ...]:
+def check_sessions(
+    sessions: Iterable[object], owner: str, *, per_request: bool = False
+) -> tuple[scoped_session[Any], ...]:
     """``sessions`` as a tuple, each checked to be a ``scoped_session``; at least one.
+
+    With ``per_request`` (the middleware), a session scoped to a framework's
+    own context (Flask-SQLAlchemy's ``db.session``, scoped to the app
+    context, which ends before the middleware decides) is refused, naming
+    the adapter to use instead.
 
     :raises TypeError: naming ``owner`` (the public API that was called) when
         an argument is not a :class:`~sqlalchemy.orm.scoped_session`, or when
         there is none.
+        A ``per_request`` owner also refuses a session that needs an adapter.
     :raises ValueError: when one session is given twice (it would be
         committed twice, and a unit would seem to own two sessions).
     """
@@ -46,6 +54,8 @@ def check_sessions(sessions: Iterable[object], owner: str) -> tuple[scoped_sessi
                 f"got {type(candidate).__module__}.{type(candidate).__qualname__}; "
                 "wrap your sessionmaker: scoped_session(sessionmaker(bind=engine))"
             )
+        if per_request:
+            _refuse_framework_scoped(candidate, index, owner)
         if candidate in checked:
             raise ValueError(
                 f"{owner}: session argument {index} is the same scoped_session as argument "
@@ -59,7 +69,28 @@ def check_sessions(sessions: Iterable[object], owner: str) -> tuple[scoped_sessi
     return tuple(checked)
 
 
-def own_sessions(sessions: Iterable[object], owner: str) -> tuple[scoped_session[Any], ...]:
+#: Where a registry's scope function comes from -> the adapter that handles that framework.
+_ADAPTERS = {"flask_sqlalchemy": "wsgi_sqla.flask_sqlalchemy.init_app"}
+
+
+def _refuse_framework_scoped(scoped: scoped_session[Any], index: int, owner: str) -> None:
+    registry = scoped.registry
+    adapter: str | None = getattr(registry, "adapter", None)
+    if adapter is None:
+        module = getattr(getattr(registry, "scopefunc", None), "__module__", None) or ""
+        adapter = _ADAPTERS.get(module.partition(".")[0])
+    if adapter is not None:
+        raise TypeError(
+            f"{owner}: session argument {index} is scoped to a framework's own context "
+            "(Flask-SQLAlchemy's db.session lives in the Flask application context, which "
+            "ends before the middleware decides, so its work would be lost or fail); "
+            f"use {adapter}(app, db) instead, which wraps app.wsgi_app for you"
+        )
+
+
+def own_sessions(
+    sessions: Iterable[object], owner: str, *, per_request: bool = False
+) -> tuple[scoped_session[Any], ...]:
     """What every owner of units does once with its sessions: check them and take them on.
 
     :func:`check_sessions`, then: the sessions' factories are watched for
@@ -68,7 +99,7 @@ def own_sessions(sessions: Iterable[object], owner: str) -> tuple[scoped_session
     the transaction-pooler explanation. Only these engines get the
     package's listeners.
     """
-    checked = check_sessions(sessions, owner)
+    checked = check_sessions(sessions, owner, per_request=per_request)
     watch(checked)
     for scoped in checked:
         kw: dict[str, Any] = getattr(scoped.session_factory, "kw", {})

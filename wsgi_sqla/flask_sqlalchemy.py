@@ -1,0 +1,329 @@
+"""Flask-SQLAlchemy applications as units of work, in one line.
+
+Install with the ``flask-sqlalchemy`` extra (``pip install
+wsgi_sqla[flask-sqlalchemy]``)::
+
+    db = SQLAlchemy(model_class=Base)
+
+    def create_app():
+        app = Flask(__name__)
+        db.init_app(app)
+        wsgi_sqla.flask_sqlalchemy.init_app(app, db)
+        return app
+
+:func:`init_app` wraps ``app.wsgi_app`` in a :class:`~wsgi_sqla.SessionMiddleware`
+and makes ``db.session``, inside each request, the session of that
+request's unit of work: from its first use until the middleware has
+committed (status below 400) or rolled back, and the response is closed,
+streaming included. Models, ``Model.query``, ``db.paginate``,
+``db.get_or_404`` and ``SQLALCHEMY_BINDS`` keep working; several binds are
+committed by the package's multi-session rules (all flushed, then committed
+in turn).
+
+Outside requests (``flask shell``, CLI commands, app contexts pushed by
+tests) ``db.session`` is Flask-SQLAlchemy's own, scoped to the application
+context and removed when it ends.
+
+What the adapter changes on ``db`` it changes once, however many
+applications share ``db`` (the app-factory pattern in test suites):
+
+* ``db.session``'s registry asks first whether a request's unit is running,
+  and hands out that unit's session if so;
+* Flask-SQLAlchemy's app-context teardown leaves the unit's session alone
+  (it fires for every app context that ends, nested or re-pushed ones inside
+  the request included); the unit removes it after its decision;
+* a session of a unit remembers its application, so the unit can flush and
+  commit it (``get_bind`` reads that application's engines) after Flask has
+  popped its contexts, while the body streams and in ``close()``; with
+  ``SQLALCHEMY_TRACK_MODIFICATIONS`` on, its commit runs in an application
+  context of its own so that the model-change signals are sent.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, current_app, has_app_context
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import event
+from sqlalchemy.orm import Session, scoped_session
+from sqlalchemy.util import ScopedRegistry
+
+from ._context import current
+from ._middleware import SessionMiddleware
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+    from ._unit import UnitOfWork
+
+__all__ = ["ExplicitCommitError", "init_app"]
+
+#: ``db`` attribute holding the request-scoped session the adapter made for it.
+_UNIT_SESSION = "_wsgi_sqla_unit_session"
+#: ``session.info`` keys: the application a unit's session belongs to, and its pushed context.
+_APP = "wsgi_sqla.flask_app"
+_PUSHED = "wsgi_sqla.flask_app_context"
+
+
+class ExplicitCommitError(RuntimeError):
+    """``db.session.commit()`` was called inside a request with ``refuse_commits=True``."""
+
+
+def init_app(
+    app: Flask, db: SQLAlchemy, *, refuse_commits: bool = False, **middleware_options: Any
+) -> SessionMiddleware:
+    """Make every request of ``app`` one unit of work over ``db.session``.
+
+    Wraps ``app.wsgi_app`` in a :class:`~wsgi_sqla.SessionMiddleware` and
+    returns it; ``middleware_options`` are its keywords (``retry=``,
+    ``commit_veto=``, ``errors=``, ...). Call it before or after
+    ``db.init_app(app)``, once per application; one ``db`` may serve many
+    applications, each of which uses its own engines.
+
+    Guarantees, inside a request:
+
+    * ``db.session`` is the unit's session from its first use until the
+      response is closed; nothing Flask-SQLAlchemy does when an application
+      context ends rolls it back or removes it early;
+    * the unit commits it when the status is below 400 and rolls it back
+      otherwise, before the client is told anything;
+    * an explicit ``db.session.commit()`` commits early, as it did without
+      the middleware, and the unit commits or rolls back what follows.
+
+    :param refuse_commits: make an explicit ``db.session.commit()`` inside a
+        request raise :class:`ExplicitCommitError`, naming the file and line
+        that called it, instead of committing: for teams removing their
+        manual commits. Outside requests commits are never refused.
+    :raises TypeError: when ``app`` is not a Flask application or ``db`` not
+        a Flask-SQLAlchemy ``SQLAlchemy``.
+    """
+    if not isinstance(app, Flask):
+        raise TypeError(
+            f"wsgi_sqla.flask_sqlalchemy.init_app: app must be a flask.Flask, got {app!r}"
+        )
+    if not isinstance(db, SQLAlchemy):
+        raise TypeError(
+            "wsgi_sqla.flask_sqlalchemy.init_app: db must be a flask_sqlalchemy.SQLAlchemy, "
+            f"got {db!r}"
+        )
+    unit_session = _adopt(db)
+    for index, teardown in enumerate(app.teardown_appcontext_funcs):
+        if teardown == db.__class__._teardown_session.__get__(db):  # db.init_app ran first
+            app.teardown_appcontext_funcs[index] = db._teardown_session
+    registry = unit_session.registry
+    assert isinstance(registry, _UnitRegistry)
+    middleware = SessionMiddleware(
+        _ViewApp(app.wsgi_app, app, registry, refuse_commits), unit_session, **middleware_options
+    )
+    app.wsgi_app = middleware  # type: ignore[method-assign]
+    return middleware
+
+
+class _ViewApp:
+    """Flask's own ``wsgi_app``, run after telling the unit registry which application it is."""
+
+    __slots__ = ("app", "refuse_commits", "registry", "wsgi_app")
+
+    def __init__(
+        self,
+        wsgi_app: Callable[..., Iterable[bytes]],
+        app: Flask,
+        registry: _UnitRegistry,
+        refuse_commits: bool,
+    ) -> None:
+        self.wsgi_app = wsgi_app
+        self.app = app
+        self.registry = registry
+        self.refuse_commits = refuse_commits
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        self.registry.enter(self.app, self.refuse_commits)
+        return self.wsgi_app(environ, start_response)
+
+
+def _adopt(db: SQLAlchemy) -> scoped_session[Any]:
+    """Patch ``db`` once for every application: return the unit-scoped session it hands out."""
+    unit_session: scoped_session[Any] | None = getattr(db, _UNIT_SESSION, None)
+    if unit_session is not None:
+        return unit_session
+    scoped: scoped_session[Any] = db.session
+    unit_session = scoped_session(scoped.session_factory)
+    unit_session.registry = _UnitRegistry(scoped.session_factory)
+    scoped.registry = _Switch(scoped.registry, unit_session)
+    original_commit = scoped.commit
+    original_teardown = db._teardown_session
+
+    registry = unit_session.registry
+    assert isinstance(registry, _UnitRegistry)
+
+    def commit() -> None:
+        if _running(unit_session) is not None and registry.refuses_commits():
+            caller = sys._getframe(1)
+            raise ExplicitCommitError(
+                f"db.session.commit() called at {caller.f_code.co_filename}:{caller.f_lineno} "
+                "inside a request, with refuse_commits=True: the middleware commits when the "
+                "response succeeds; remove this call (or use wsgi_sqla.force_commit())"
+            )
+        original_commit()
+
+    def teardown(exc: BaseException | None) -> None:
+        if _running(unit_session) is None:
+            original_teardown(exc)
+
+    scoped.commit = commit  # type: ignore[method-assign]
+    db._teardown_session = teardown  # type: ignore[method-assign]
+    setattr(db, _UNIT_SESSION, unit_session)
+    return unit_session
+
+
+def _running(unit_session: scoped_session[Any]) -> UnitOfWork | None:
+    """The running unit, if it is one over ``unit_session`` (a request of an adopted app)."""
+    unit = current.get()
+    if unit is not None and unit_session in unit.sessions:
+        return unit
+    return None
+
+
+class _UnitRegistry(ScopedRegistry[Session]):
+    """One session per running unit of work; none outside a unit.
+
+    Each thread remembers the request it runs (its unit, application and
+    ``refuse_commits``), so a session first used while the body streams,
+    after Flask popped its contexts, still knows its application. A unit
+    normally removes its session at its end; one whose response was never
+    closed (Flask's test client without ``with`` or ``buffered=True``)
+    leaves it here, and the next request on the same thread closes it if it
+    holds no transaction, so a test suite does not keep every request's
+    session.
+    """
+
+    def __init__(self, factory: Callable[[], Session]) -> None:
+        self.createfunc = factory
+        self.scopefunc = current.get
+        self.registry: dict[Any, Session] = {}
+        self._requests = threading.local()
+
+    def enter(self, app: Flask, refuse_commits: bool) -> None:
+        """A request of ``app`` starts on this thread, in the running unit."""
+        unit = current.get()
+        earlier: tuple[Any, Flask, bool] | None = getattr(self._requests, "request", None)
+        self._requests.request = (unit, app, refuse_commits)
+        if earlier is not None and earlier[0] is not unit:
+            left = self.registry.get(earlier[0])
+            if left is not None and not left.in_transaction():
+                del self.registry[earlier[0]]
+                left.close()
+
+    def _request(self) -> tuple[Any, Flask, bool] | None:
+        request: tuple[Any, Flask, bool] | None = getattr(self._requests, "request", None)
+        if request is not None and request[0] is current.get():
+            return request
+        return None
+
+    def refuses_commits(self) -> bool:
+        """Whether the request running on this thread was set up with ``refuse_commits``."""
+        request = self._request()
+        return request is not None and request[2]
+
+    def __call__(self) -> Session:
+        unit = current.get()
+        try:
+            return self.registry[unit]
+        except KeyError:
+            pass
+        if unit is None:
+            raise RuntimeError("wsgi_sqla: the request's session is used outside its request")
+        session = self.createfunc()
+        request = self._request()
+        _pin_app(session, request[1] if request is not None else None)
+        return self.registry.setdefault(unit, session)
+
+    def has(self) -> bool:
+        return current.get() in self.registry
+
+    def set(self, obj: Session) -> None:
+        self.registry[current.get()] = obj
+
+    def clear(self) -> None:
+        self.registry.pop(current.get(), None)
+
+
+class _Switch(ScopedRegistry[Session]):
+    """``db.session``'s registry: the unit's session in a request, Flask-SQLAlchemy's outside."""
+
+    def __init__(self, original: ScopedRegistry[Session], unit_session: scoped_session[Any]):
+        self.createfunc = original.createfunc
+        self.scopefunc = original.scopefunc
+        self.registry = original.registry
+        self.original = original
+        self.unit_session = unit_session
+        #: Named by check_sessions when this registry is given to SessionMiddleware directly.
+        self.adapter = "wsgi_sqla.flask_sqlalchemy.init_app"
+
+    def _ours(self) -> ScopedRegistry[Session]:
+        unit = current.get()
+        if unit is not None and self.unit_session in unit.sessions:
+            return self.unit_session.registry
+        return self.original
+
+    def __call__(self) -> Session:
+        return self._ours()()
+
+    def has(self) -> bool:
+        return self._ours().has()
+
+    def set(self, obj: Session) -> None:
+        self._ours().set(obj)
+
+    def clear(self) -> None:
+        self._ours().clear()
+
+
+def _pin_app(session: Session, app: Flask | None) -> None:
+    """Pin ``session`` to the request's application, for use after Flask popped its contexts."""
+    if app is None:
+        if not has_app_context():
+            return
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+    session.info[_APP] = app
+    db = session._db  # type: ignore[attr-defined]
+    session._db = _PinnedDb(db, app)  # type: ignore[attr-defined]
+    if app.config.get("SQLALCHEMY_TRACK_MODIFICATIONS"):
+        event.listen(session, "before_commit", _push_app_context, insert=True)
+        for name in ("after_commit", "after_rollback", "after_soft_rollback"):
+            event.listen(session, name, _pop_app_context)
+
+
+class _PinnedDb:
+    """``db`` as a unit's session sees it: the engines of its application, with or without one."""
+
+    def __init__(self, db: SQLAlchemy, app: Flask) -> None:
+        self._wsgi_sqla_db = db
+        self._wsgi_sqla_app = app
+
+    @property
+    def engines(self) -> Any:
+        if has_app_context():
+            return self._wsgi_sqla_db.engines
+        return self._wsgi_sqla_db._app_engines[self._wsgi_sqla_app]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._wsgi_sqla_db, name)
+
+
+def _push_app_context(session: Session) -> None:
+    """A commit outside any app context (the unit's decision) gets one: the signals need it."""
+    if not has_app_context() and _PUSHED not in session.info:
+        context = session.info[_APP].app_context()
+        context.push()
+        session.info[_PUSHED] = context
+
+
+def _pop_app_context(session: Session, *args: Any) -> None:
+    context = session.info.pop(_PUSHED, None)
+    if context is not None:
+        context.pop()
