@@ -28,6 +28,7 @@ Two ways in:
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable
 from functools import partial
 from typing import Any, ClassVar, TypeVar
@@ -66,6 +67,21 @@ class ActiveRecordMixin:
 
     __session__: ClassVar[scoped_session[Session]]
     query: ClassVar[_QueryProperty] = _QueryProperty()
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        """Check ``__session__`` when a class sets it, not at its first ``save()``.
+
+        :raises TypeError: when it is not a :class:`~sqlalchemy.orm.scoped_session`
+            (a ``sessionmaker``, a ``Session``, a string).
+        """
+        super().__init_subclass__(**kw)
+        if "__session__" in cls.__dict__:
+            check_sessions((cls.__dict__["__session__"],), f"{cls.__qualname__}.__session__")
+
+    @classmethod
+    def create(cls, **values: Any) -> Self:
+        """Construct an instance from ``values``, :meth:`save` it and return it. Never commits."""
+        return cls(**values).save()
 
     @classmethod
     def get(cls, ident: Any) -> Self | None:
@@ -133,8 +149,44 @@ def declarative_base(session: scoped_session[Any], *, metadata: MetaData | None 
     :class:`ActiveRecordMixin`'s methods. Type checkers cannot see through
     a class made at run time; for typed code subclass the mixin instead.
     """
-    (checked,) = check_sessions((session,), "declarative_base()")
+    (checked,) = check_sessions((session,), "declarative_base()")  # before the class exists
     namespace: dict[str, Any] = {"__session__": checked, "__module__": __name__}
     if metadata is not None:
         namespace["metadata"] = metadata
     return type("Model", (ActiveRecordMixin, DeclarativeBase), namespace)
+
+
+def _seen_from_sqlalchemy(function: Callable[..., Any], namespace: dict[str, Any]) -> Any:
+    """``function`` run with ``namespace`` as its globals.
+
+    SQLAlchemy points its warnings (``SAWarning``) at the first frame whose
+    module name is not its own, which would be this module's; frames whose
+    globals carry a ``sqlalchemy.`` name are skipped like its own, so a
+    warning raised by a ``save()`` points at the application's line that
+    called it.
+    """
+    seen = types.FunctionType(
+        function.__code__, namespace, function.__name__, function.__defaults__, function.__closure__
+    )
+    seen.__kwdefaults__ = function.__kwdefaults__
+    seen.__doc__ = function.__doc__
+    seen.__qualname__ = function.__qualname__
+    seen.__module__ = function.__module__
+    seen.__annotations__ = function.__annotations__
+    return seen
+
+
+def _point_warnings_at_the_caller() -> None:
+    namespace = dict(globals(), __name__="sqlalchemy.ext.wsgi_sqla_model")
+    namespace["_flushed"] = _seen_from_sqlalchemy(_flushed, namespace)
+    for name in ("save", "update", "delete"):
+        setattr(
+            ActiveRecordMixin,
+            name,
+            _seen_from_sqlalchemy(ActiveRecordMixin.__dict__[name], namespace),
+        )
+    create = ActiveRecordMixin.__dict__["create"].__func__
+    ActiveRecordMixin.create = classmethod(_seen_from_sqlalchemy(create, namespace))  # type: ignore[method-assign,assignment]
+
+
+_point_warnings_at_the_caller()

@@ -283,12 +283,14 @@ class _Switch(ScopedRegistry[Session]):
         self._ours().clear()
 
 
-def _pin_app(session: Session, app: Flask | None) -> None:
+def _pin_app(session: Session, request_app: Flask | None) -> None:
     """Pin ``session`` to the request's application, for use after Flask popped its contexts."""
-    if app is None:
-        if not has_app_context():
-            return
+    if request_app is not None:
+        app = request_app
+    elif has_app_context():
         app = current_app._get_current_object()  # type: ignore[attr-defined]
+    else:
+        return
     session.info[_APP] = app
     db = session._db  # type: ignore[attr-defined]
     session._db = _PinnedDb(db, app)  # type: ignore[attr-defined]

@@ -6,12 +6,20 @@ not committed" shows as absent.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, String
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy import Engine, ForeignKey, String
+from sqlalchemy.exc import IntegrityError, SAWarning
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    sessionmaker,
+)
 from support import Models, Probe
 
 from wsgi_sqla import ActiveRecordMixin, declarative_base, transaction
@@ -206,3 +214,56 @@ def test_a_save_in_a_savepoint_costs_two_more_statements(
     assert trips == RoundTrips(
         statements=statements, begin=1, commit=1, rollback=0, checkouts=1, resets=1
     )
+
+
+def test_create_constructs_saves_and_returns_the_instance(
+    session: Any, models: Models, probe: Probe
+) -> None:
+    user = models.User.create(name="ann")
+    assert isinstance(user, models.User) and user.id is not None
+    assert user in session()
+    assert probe.names() == [], "create() flushes, never commits"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(lambda engine: sessionmaker(bind=engine), id="sessionmaker"),
+        pytest.param(lambda engine: Session(engine), id="session"),
+        pytest.param(lambda engine: "db.session", id="string"),
+    ],
+)
+def test_mixin_refuses_a_session_that_is_not_scoped_when_the_class_is_defined(
+    engine: Engine, bad: Any
+) -> None:
+    with pytest.raises(TypeError, match=r"Base\.__session__: .* must be a sqlalchemy\.orm\.scoped"):
+
+        class Base(ActiveRecordMixin, DeclarativeBase):
+            __session__ = bad(engine)
+
+
+@pytest.mark.parametrize("call", ["save", "create"])
+def test_a_sqlalchemy_warning_raised_by_a_save_points_at_the_callers_line(
+    session: Any, engine: Engine, call: str
+) -> None:
+    Model = declarative_base(session)
+
+    class Parent(Model):  # type: ignore[misc,valid-type]
+        __tablename__ = "wsgi_sqla_parents"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        kids: Mapped[list[Kid]] = relationship(cascade="")  # children are not added with it
+
+    class Kid(Model):  # type: ignore[misc,valid-type]
+        __tablename__ = "wsgi_sqla_kids"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        parent_id: Mapped[int | None] = mapped_column(ForeignKey("wsgi_sqla_parents.id"))
+
+    Model.metadata.create_all(engine)
+    try:
+        with pytest.warns(SAWarning, match="not in session") as caught:
+            line = sys._getframe().f_lineno + 1
+            Parent(kids=[Kid()]).save() if call == "save" else Parent.create(kids=[Kid()])
+        assert (caught[0].filename, caught[0].lineno) == (__file__, line)
+    finally:
+        session.remove()
+        Model.metadata.drop_all(engine)
