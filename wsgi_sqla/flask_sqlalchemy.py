@@ -41,9 +41,6 @@ applications share ``db`` (the app-factory pattern in test suites):
 
 from __future__ import annotations
 
-import sys
-import threading
-from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app, has_app_context
@@ -53,24 +50,19 @@ from sqlalchemy.orm import Session, scoped_session
 from sqlalchemy.util import ScopedRegistry
 
 from ._context import current
+from ._flask import ExplicitCommitError, UnitRegistry, ViewApp, refuse_commit, running, unit_scoped
 from ._middleware import SessionMiddleware
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIEnvironment
-
-    from ._unit import UnitOfWork
+    pass
 
 __all__ = ["ExplicitCommitError", "init_app"]
 
-#: ``db`` attribute holding the request-scoped session the adapter made for it.
-_UNIT_SESSION = "_wsgi_sqla_unit_session"
+#: ``db`` attribute holding the request-scoped session and registry the adapter made for it.
+_ADOPTED = "_wsgi_sqla_adopted"
 #: ``session.info`` keys: the application a unit's session belongs to, and its pushed context.
 _APP = "wsgi_sqla.flask_app"
 _PUSHED = "wsgi_sqla.flask_app_context"
-
-
-class ExplicitCommitError(RuntimeError):
-    """``db.session.commit()`` was called inside a request with ``refuse_commits=True``."""
 
 
 def init_app(
@@ -110,146 +102,48 @@ def init_app(
             "wsgi_sqla.flask_sqlalchemy.init_app: db must be a flask_sqlalchemy.SQLAlchemy, "
             f"got {db!r}"
         )
-    unit_session = _adopt(db)
+    unit_session, registry = _adopt(db)
     for index, teardown in enumerate(app.teardown_appcontext_funcs):
         if teardown == db.__class__._teardown_session.__get__(db):  # db.init_app ran first
             app.teardown_appcontext_funcs[index] = db._teardown_session
-    registry = unit_session.registry
-    assert isinstance(registry, _UnitRegistry)
     middleware = SessionMiddleware(
-        _ViewApp(app.wsgi_app, app, registry, refuse_commits), unit_session, **middleware_options
+        ViewApp(app.wsgi_app, app, registry, refuse_commits), unit_session, **middleware_options
     )
     app.wsgi_app = middleware  # type: ignore[method-assign]
     return middleware
 
 
-class _ViewApp:
-    """Flask's own ``wsgi_app``, run after telling the unit registry which application it is."""
-
-    __slots__ = ("app", "refuse_commits", "registry", "wsgi_app")
-
-    def __init__(
-        self,
-        wsgi_app: Callable[..., Iterable[bytes]],
-        app: Flask,
-        registry: _UnitRegistry,
-        refuse_commits: bool,
-    ) -> None:
-        self.wsgi_app = wsgi_app
-        self.app = app
-        self.registry = registry
-        self.refuse_commits = refuse_commits
-
-    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        self.registry.enter(self.app, self.refuse_commits)
-        return self.wsgi_app(environ, start_response)
-
-
-def _adopt(db: SQLAlchemy) -> scoped_session[Any]:
-    """Patch ``db`` once for every application: return the unit-scoped session it hands out."""
-    unit_session: scoped_session[Any] | None = getattr(db, _UNIT_SESSION, None)
-    if unit_session is not None:
-        return unit_session
+def _adopt(db: SQLAlchemy) -> tuple[scoped_session[Any], UnitRegistry]:
+    """Patch ``db`` once for every application: return the unit-scoped session and registry."""
+    adopted: tuple[scoped_session[Any], UnitRegistry] | None = getattr(db, _ADOPTED, None)
+    if adopted is not None:
+        return adopted
     scoped: scoped_session[Any] = db.session
-    unit_session = scoped_session(scoped.session_factory)
-    unit_session.registry = _UnitRegistry(scoped.session_factory)
+    factory = scoped.session_factory
+
+    def make(app: Flask | None) -> Session:
+        session: Session = factory()
+        _pin_app(session, app)
+        return session
+
+    unit_session, registry = unit_scoped(factory, make)
     scoped.registry = _Switch(scoped.registry, unit_session)
     original_commit = scoped.commit
     original_teardown = db._teardown_session
 
-    registry = unit_session.registry
-    assert isinstance(registry, _UnitRegistry)
-
     def commit() -> None:
-        if _running(unit_session) is not None and registry.refuses_commits():
-            caller = sys._getframe(1)
-            raise ExplicitCommitError(
-                f"db.session.commit() called at {caller.f_code.co_filename}:{caller.f_lineno} "
-                "inside a request, with refuse_commits=True: the middleware commits when the "
-                "response succeeds; remove this call (or use wsgi_sqla.force_commit())"
-            )
+        if running(unit_session) is not None and registry.refuses_commits():
+            refuse_commit(1)
         original_commit()
 
     def teardown(exc: BaseException | None) -> None:
-        if _running(unit_session) is None:
+        if running(unit_session) is None:
             original_teardown(exc)
 
     scoped.commit = commit  # type: ignore[method-assign]
     db._teardown_session = teardown  # type: ignore[method-assign]
-    setattr(db, _UNIT_SESSION, unit_session)
-    return unit_session
-
-
-def _running(unit_session: scoped_session[Any]) -> UnitOfWork | None:
-    """The running unit, if it is one over ``unit_session`` (a request of an adopted app)."""
-    unit = current.get()
-    if unit is not None and unit_session in unit.sessions:
-        return unit
-    return None
-
-
-class _UnitRegistry(ScopedRegistry[Session]):
-    """One session per running unit of work; none outside a unit.
-
-    Each thread remembers the request it runs (its unit, application and
-    ``refuse_commits``), so a session first used while the body streams,
-    after Flask popped its contexts, still knows its application. A unit
-    normally removes its session at its end; one whose response was never
-    closed (Flask's test client without ``with`` or ``buffered=True``)
-    leaves it here, and the next request on the same thread closes it if it
-    holds no transaction, so a test suite does not keep every request's
-    session.
-    """
-
-    def __init__(self, factory: Callable[[], Session]) -> None:
-        self.createfunc = factory
-        self.scopefunc = current.get
-        self.registry: dict[Any, Session] = {}
-        self._requests = threading.local()
-
-    def enter(self, app: Flask, refuse_commits: bool) -> None:
-        """A request of ``app`` starts on this thread, in the running unit."""
-        unit = current.get()
-        earlier: tuple[Any, Flask, bool] | None = getattr(self._requests, "request", None)
-        self._requests.request = (unit, app, refuse_commits)
-        if earlier is not None and earlier[0] is not unit:
-            left = self.registry.get(earlier[0])
-            if left is not None and not left.in_transaction():
-                del self.registry[earlier[0]]
-                left.close()
-
-    def _request(self) -> tuple[Any, Flask, bool] | None:
-        request: tuple[Any, Flask, bool] | None = getattr(self._requests, "request", None)
-        if request is not None and request[0] is current.get():
-            return request
-        return None
-
-    def refuses_commits(self) -> bool:
-        """Whether the request running on this thread was set up with ``refuse_commits``."""
-        request = self._request()
-        return request is not None and request[2]
-
-    def __call__(self) -> Session:
-        unit = current.get()
-        try:
-            return self.registry[unit]
-        except KeyError:
-            pass
-        if unit is None:
-            raise RuntimeError("wsgi_sqla: the request's session is used outside its request")
-        session = self.createfunc()
-        request = self._request()
-        _pin_app(session, request[1] if request is not None else None)
-        return self.registry.setdefault(unit, session)
-
-    def has(self) -> bool:
-        return current.get() in self.registry
-
-    def set(self, obj: Session) -> None:
-        self.registry[current.get()] = obj
-
-    def clear(self) -> None:
-        self.registry.pop(current.get(), None)
+    setattr(db, _ADOPTED, (unit_session, registry))
+    return unit_session, registry
 
 
 class _Switch(ScopedRegistry[Session]):
