@@ -29,7 +29,7 @@ LEASE = 8.0
 # The SIGKILL is ours: gunicorn reporting it is not trouble here.
 KILLED_BY_US = re.compile(TROUBLE.pattern.replace("SIG(?!TERM)", "SIG(?!TERM|KILL)"))
 
-pytestmark = pytest.mark.parametrize("db_name", ["postgresql", "mariadb"], indirect=True)
+pytestmark = pytest.mark.parametrize("db_name", ["sqlite", "postgresql", "mariadb"], indirect=True)
 
 
 def lease_until(url: str) -> datetime.datetime:

@@ -25,7 +25,7 @@ APP = Path(__file__).with_name("idempotency_app.py")
 DUPLICATES = 20
 KEY = {"Idempotency-Key": '"order-8e03978e"', "Content-Type": "text/plain"}
 
-pytestmark = pytest.mark.parametrize("db_name", ["postgresql", "mariadb"], indirect=True)
+pytestmark = pytest.mark.parametrize("db_name", ["sqlite", "postgresql", "mariadb"], indirect=True)
 
 
 @pytest.fixture
