@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -180,7 +181,9 @@ def main(urls: dict[str, str], rounds: int, batch: int, output: Path) -> None:
         "\n\n"
         f"In process, {rounds} rounds of {batch} requests of each kind taking turns; "
         "round trips: statements plus BEGIN/COMMIT/ROLLBACK of one request, pool checkouts "
-        "in brackets.\n"
+        "in brackets. Load average (1, 5, 15 min) at the end: "
+        + ", ".join(f"{load:.1f}" for load in os.getloadavg())
+        + ".\n"
     )
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
