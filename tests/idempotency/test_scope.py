@@ -85,3 +85,19 @@ def test_a_request_without_a_key_costs_no_extra_round_trip(
     with count_round_trips(engine) as configured_no_key:
         assert keyed(configured, None).status == "201 Created"
     assert configured_no_key == without_feature
+
+
+def test_only_the_configured_methods_take_keys(
+    session: scoped_session[Any], engine: Engine, orders: Orders
+) -> None:
+    put_only = IdempotencyKeys(methods=["put"])
+    put_only.table.create(engine)
+    try:
+        app = SessionMiddleware(orders.app, session, idempotency=put_only)
+        keyed(app)
+        keyed(app)  # POST is not configured: the header means nothing
+        keyed(app, method="PUT")
+        assert dict(keyed(app, method="PUT").headers)["Idempotent-Replayed"] == "true"
+        assert orders.runs == 3
+    finally:
+        put_only.table.drop(engine)
