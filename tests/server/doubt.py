@@ -80,16 +80,8 @@ class Doubt:
         trial = Trial()
         for _ in range(30):
             tag, seen = self.post(middleware, key=uuid.uuid4().hex if keyed else None)
-            status, committed = int(seen.client_status[:3]), self.copies(tag) == 1
-            trial.statuses.append(status)
-            trial.false_failures += status >= 500 and committed
-            trial.false_successes += 200 <= status < 300 and not committed
-        print(
-            f"\n{self.direct.dialect.name}, {what}: 30 COMMITs cut after forwarding: "
-            f"{trial.false_failures} false failures (>= 500, row committed), "
-            f"{trial.false_successes} false successes (2xx, row missing), "
-            f"statuses {sorted(set(trial.statuses))}"
-        )
+            trial.count(int(seen.client_status[:3]), self.copies(tag) == 1)
+        print(f"\n{self.direct.dialect.name}, {what}: 30 COMMITs cut after forwarding: {trial}")
         return trial
 
 
@@ -100,6 +92,19 @@ class Trial:
     false_failures: int = 0
     false_successes: int = 0
     statuses: list[int] = field(default_factory=list)
+
+    def count(self, status: int, committed: bool) -> None:
+        """One client told ``status``, its row ``committed`` or not."""
+        self.statuses.append(status)
+        self.false_failures += status >= 500 and committed
+        self.false_successes += 200 <= status < 300 and not committed
+
+    def __str__(self) -> str:
+        return (
+            f"{self.false_failures} false failures (>= 500, row committed), "
+            f"{self.false_successes} false successes (2xx, row missing), "
+            f"statuses {sorted(set(self.statuses))}"
+        )
 
 
 @contextmanager
