@@ -420,7 +420,11 @@ class KeyStore:
 
 
 def stored_response(
-    keys: IdempotencyKeys, bind: Engine | Connection, scope: str, key: str
+    keys: IdempotencyKeys,
+    bind: Engine | Connection,
+    scope: str,
+    key: str,
+    token: str | None = None,
 ) -> StoredResponse | None:
     """The response recorded for ``key`` of client ``scope``, if its request committed.
 
@@ -429,12 +433,15 @@ def stored_response(
     database). A record exists only if the request's unit committed, since
     it is written in that unit's transaction; a claim (request running,
     or not committed) or no row gives ``None``. ``scope`` is what
-    ``keys.scope(environ)`` returned for the request.
+    ``keys.scope(environ)`` returned for the request; ``token``, its claim's
+    token, to find only the record of that very request.
     """
     table = keys.table
     query = select(table.c.status, table.c.headers, table.c.body).where(
         table.c.scope == _digest(scope), table.c.key == key, table.c.status.is_not(None)
     )
+    if token is not None:
+        query = query.where(table.c.token == token)
     if isinstance(bind, Engine):
         with bind.connect() as connection:
             row = connection.execute(query).first()

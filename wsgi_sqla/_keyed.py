@@ -39,7 +39,8 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ._context import current
-from ._idempotency import KeyStore, StoredResponse
+from ._idempotency import KeyStore, StoredResponse, stored_response
+from ._in_doubt import resolve_by
 from ._input import refuse
 from ._request import RequestUnit
 from ._retry import _buffer_body, _TruncatedBody
@@ -349,8 +350,19 @@ class KeyedRun:
                 unit.force("rollback")
                 return problem(start_response, IN_PROGRESS)
             unit.add_hook(self._mark_committed, (), {})
+            # The record commits with the work: finding it settles a COMMIT in doubt.
+            resolve_by(unit, self.store.scoped.registry(), self._recorded)
         start_response(status, headers)
         return [body]
+
+    def _recorded(self) -> tuple[bool, str]:
+        """Whether this request's record is committed, asked on a fresh connection."""
+        found = stored_response(
+            self.store.keys, self.store.engine, self.scope, self.key, self.token
+        )
+        return found is not None, (
+            f"the record of Idempotency-Key {self.key!r} {'found' if found else 'not found'}"
+        )
 
     def _mark_committed(self) -> None:
         self.committed = True

@@ -11,7 +11,7 @@ import threading
 from typing import Any
 
 from idempotency_support import Orders, keyed
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import scoped_session
 
 from wsgi_sqla import IdempotencyKeys, SessionMiddleware
@@ -47,3 +47,13 @@ def test_a_running_request_reads_as_none(
     thread.join(30)
     assert seen == [None]
     assert stored_response(keys, engine, "", "8e03978e") is not None
+
+
+def test_with_a_token_only_the_record_of_that_claim_is_found(
+    session: scoped_session[Any], engine: Engine, keys: IdempotencyKeys, orders: Orders
+) -> None:
+    keyed(SessionMiddleware(orders.app, session, idempotency=keys))
+    with engine.connect() as connection:
+        token = connection.execute(select(keys.table.c.token)).scalar_one()
+    assert stored_response(keys, engine, "", "8e03978e", token) is not None
+    assert stored_response(keys, engine, "", "8e03978e", "another claim's token") is None

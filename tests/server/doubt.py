@@ -52,17 +52,59 @@ class Doubt:
         start_response("201 Created", [("Content-Type", "text/plain")])
         return [tag.encode()]
 
-    def post(self, middleware: Any, *, forward: bool = True) -> tuple[str, Exchange]:
+    def post(
+        self, middleware: Any, *, forward: bool = True, key: str | None = None
+    ) -> tuple[str, Exchange]:
         """One POST through ``middleware`` with its COMMIT cut; (its tag, what was seen).
 
         The cut comes after the COMMIT reached the server, or before
-        (``forward=False``).
+        (``forward=False``). With ``key``, the POST has that Idempotency-Key
+        (and the COMMIT of its claim, which comes first, is not cut).
         """
         tag = uuid.uuid4().hex
-        self.proxy.arm(forward=forward)
-        seen = serve(middleware, method="POST", environ={"QUERY_STRING": tag})
+        environ = {"QUERY_STRING": tag}
+        if key is not None:
+            environ["HTTP_IDEMPOTENCY_KEY"] = f'"{key}"'
+        self.proxy.arm(forward=forward, after=0 if key is None else 1)
+        seen = serve(middleware, method="POST", environ=environ)
         assert self.proxy.armed == 0, "the request never sent a COMMIT"
         return tag, seen
+
+    def again(self, middleware: Any, tag: str, key: str) -> Exchange:
+        """The same keyed POST once more, nothing cut (the client's own retry)."""
+        environ = {"QUERY_STRING": tag, "HTTP_IDEMPOTENCY_KEY": f'"{key}"'}
+        return serve(middleware, method="POST", environ=environ)
+
+    def trial(self, middleware: Any, what: str, *, keyed: bool = False) -> Trial:
+        """30 POSTs with their COMMIT cut after forwarding: what the clients were told."""
+        trial = Trial()
+        for _ in range(30):
+            tag, seen = self.post(middleware, key=uuid.uuid4().hex if keyed else None)
+            trial.count(int(seen.client_status[:3]), self.copies(tag) == 1)
+        print(f"\n{self.direct.dialect.name}, {what}: 30 COMMITs cut after forwarding: {trial}")
+        return trial
+
+
+@dataclass
+class Trial:
+    """What 30 clients were told, against what the database holds."""
+
+    false_failures: int = 0
+    false_successes: int = 0
+    statuses: list[int] = field(default_factory=list)
+
+    def count(self, status: int, committed: bool) -> None:
+        """One client told ``status``, its row ``committed`` or not."""
+        self.statuses.append(status)
+        self.false_failures += status >= 500 and committed
+        self.false_successes += 200 <= status < 300 and not committed
+
+    def __str__(self) -> str:
+        return (
+            f"{self.false_failures} false failures (>= 500, row committed), "
+            f"{self.false_successes} false successes (2xx, row missing), "
+            f"statuses {sorted(set(self.statuses))}"
+        )
 
 
 @contextmanager

@@ -507,16 +507,19 @@ class CommitCuttingProxy(TcpProxy):
         self.cuts = 0
         self._armed = 0
         self._forward = True
+        self._passing = 0
 
-    def arm(self, times: int = 1, *, forward: bool = True) -> None:
+    def arm(self, times: int = 1, *, forward: bool = True, after: int = 0) -> None:
         """Cut the connection at the next ``times`` COMMITs (on any connection).
 
         After forwarding each (the server commits), or before (``forward=False``:
-        the server never gets it).
+        the server never gets it). The first ``after`` COMMITs pass untouched
+        (a keyed request commits its claim first).
         """
         with self._lock:
             self._armed = times
             self._forward = forward
+            self._passing = after
 
     @property
     def armed(self) -> int:
@@ -528,6 +531,9 @@ class CommitCuttingProxy(TcpProxy):
         """``None`` when not armed; else whether the COMMIT is forwarded before the cut."""
         with self._lock:
             if self._armed <= 0:
+                return None
+            if self._passing > 0:
+                self._passing -= 1
                 return None
             self._armed -= 1
             self.cuts += 1

@@ -144,25 +144,11 @@ def test_servers_before_13_are_asked_with_the_txid_functions(
     assert any("txid_status(" in m for m in messages(caplog, logging.WARNING))
 
 
-def test_thirty_cut_commits_answer_the_truth_without_keys(
-    resolving: Doubt, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_thirty_cut_commits_answer_the_truth_without_keys(resolving: Doubt) -> None:
     middleware = SessionMiddleware(resolving.app, resolving.db)
-    false_failures = false_successes = 0
-    statuses = []
-    for _ in range(30):
-        tag, seen = resolving.post(middleware)
-        status, committed = int(seen.client_status[:3]), resolving.copies(tag) == 1
-        statuses.append(status)
-        false_failures += status >= 500 and committed
-        false_successes += 200 <= status < 300 and not committed
-    print(
-        f"\npostgresql, resolve_in_doubt, no key: 30 COMMITs cut after forwarding: "
-        f"{false_failures} false failures (>= 500, row committed), "
-        f"{false_successes} false successes (2xx, row missing), "
-        f"statuses {sorted(set(statuses))}"
-    )
+
+    trial = resolving.trial(middleware, "resolve_in_doubt, no key")
 
     assert resolving.proxy.cuts == 30
-    assert (false_failures, false_successes) == (0, 0)
-    assert statuses == [201] * 30
+    assert (trial.false_failures, trial.false_successes) == (0, 0)
+    assert trial.statuses == [201] * 30

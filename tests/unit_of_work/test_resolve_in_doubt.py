@@ -19,7 +19,7 @@ from sqlalchemy import Engine, create_engine, insert, select, text, update
 from sqlalchemy.orm import Session, registry, scoped_session, sessionmaker
 from support import make_engine, serve, tagged_rows
 
-from wsgi_sqla import SessionMiddleware, _in_doubt, resolve_in_doubt, transaction
+from wsgi_sqla import IdempotencyKeys, SessionMiddleware, _in_doubt, resolve_in_doubt, transaction
 from wsgi_sqla._in_doubt import _options
 from wsgi_sqla.testing import RoundTrips, count_round_trips
 
@@ -205,3 +205,31 @@ def test_the_lookup_answers_the_transaction_state_and_waits_while_in_progress(
     assert outcome is answer
     assert said in how, how
     assert bool(waits) is (end is None), "it waits only while the transaction is in progress"
+
+
+@pg
+def test_a_keyed_request_reads_no_transaction_id_its_key_settles_a_doubt(
+    engines: tuple[Engine, Engine],
+) -> None:
+    keys = IdempotencyKeys()
+    off, on = engines
+    keys.table.drop(off, checkfirst=True)
+    keys.table.create(off)
+    counts = {}
+    try:
+        for name, engine in (("off", off), ("on", on)):
+            db: scoped_session[Session] = scoped_session(sessionmaker(bind=engine))
+
+            def app(environ: Any, start_response: Any, db: Any = db) -> list[bytes]:
+                db.execute(insert(notes).values(tag="keyed"))
+                start_response("201 Created", [("Content-Type", "text/plain")])
+                return [b"created"]
+
+            middleware = SessionMiddleware(app, db, idempotency=keys)
+            with count_round_trips(engine) as counts[name]:
+                seen = serve(middleware, method="POST", environ={"HTTP_IDEMPOTENCY_KEY": name})
+            assert seen.status == "201 Created"
+    finally:
+        keys.table.drop(off)
+
+    assert counts["on"] == counts["off"]

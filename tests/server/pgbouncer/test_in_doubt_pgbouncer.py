@@ -44,22 +44,11 @@ def test_thirty_cut_commits_through_pgbouncer_answer_the_truth(
     pooled: Doubt, pgbouncer: PgBouncer, direct: Engine
 ) -> None:
     middleware = SessionMiddleware(pooled.app, pooled.db)
-    false_failures = false_successes = 0
-    statuses = []
-    for _ in range(30):
-        tag, seen = pooled.post(middleware)
-        status, committed = int(seen.client_status[:3]), pooled.copies(tag) == 1
-        statuses.append(status)
-        false_failures += status >= 500 and committed
-        false_successes += 200 <= status < 300 and not committed
-    print(
-        f"\npostgresql via PgBouncer (transaction mode), resolve_in_doubt, no key: 30 COMMITs "
-        f"cut after forwarding: {false_failures} false failures, {false_successes} false "
-        f"successes, statuses {sorted(set(statuses))}"
-    )
 
-    assert (false_failures, false_successes) == (0, 0)
-    assert statuses == [201] * 30
+    trial = pooled.trial(middleware, "via PgBouncer (transaction mode), resolve_in_doubt, no key")
+
+    assert (trial.false_failures, trial.false_successes) == (0, 0)
+    assert trial.statuses == [201] * 30
     assert_nothing_left_open(pgbouncer, direct)
 
 
