@@ -38,7 +38,7 @@ from typing import Any, Literal
 from sqlalchemy.exc import PendingRollbackError
 from sqlalchemy.orm import scoped_session
 
-from ._context import current
+from ._context import current, quiet_leftovers
 from ._fork import adopt_pools
 from ._in_doubt import Doubt, NotCommittedError, lookup, settle
 from ._registry import is_live
@@ -125,6 +125,9 @@ class UnitOfWork:
         self._ledger: Ledger | None = None
         for scoped in sessions:
             if is_live(scoped):
+                if quiet_leftovers.get() and _holds_nothing(scoped.registry()):
+                    _remove_one(scoped)
+                    continue
                 warnings.warn(
                     "wsgi_sqla: a session was still in the registry when a new unit of work "
                     "began (a server that never called close() on a response, or code that "
@@ -368,6 +371,11 @@ class UnitOfWork:
         if self._pending_hooks is None:
             self._pending_hooks = []
         self._pending_hooks.append((callback, args, kwargs))
+
+
+def _holds_nothing(session: Any) -> bool:
+    """Whether ``session`` has no transaction and no pending change: closing it loses nothing."""
+    return not (session.in_transaction() or session.new or session.dirty or session.deleted)
 
 
 def _rollback_one(scoped: scoped_session[Any]) -> None:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy import Connection, Engine, MetaData, event
 from sqlalchemy.orm import scoped_session, sessionmaker
 
+from ._context import quiet_leftovers
 from ._owners import own_sessions
 from ._unit import UnitOfWork
 
@@ -112,7 +113,15 @@ def isolated(*sessions: scoped_session[Any]) -> Iterator[Isolation]:
       outer transaction is rolled back and every connection is returned to
       its pool: nothing written through these sessions stays in the database;
     * a session already in a registry when the block starts is rolled back
-      and removed first (:class:`~wsgi_sqla.StaleSessionWarning`).
+      and removed first (:class:`~wsgi_sqla.StaleSessionWarning`);
+    * inside the block, a session a request left behind with nothing in it
+      (no transaction, no pending change) is closed by the next unit without
+      a :class:`~wsgi_sqla.StaleSessionWarning`: Flask's and Werkzeug's test
+      client never close a response unless asked (``with`` or
+      ``buffered=True``), which in a test loses nothing, while in production
+      the same leftover means a server that never calls ``close()``, so the
+      middleware keeps warning there. A leftover holding a transaction or
+      pending changes still warns.
 
     One scoped session per engine: the savepoints of two sessions sharing the
     isolated connection would nest, so two are refused with a ``ValueError``.
@@ -134,6 +143,8 @@ def isolated(*sessions: scoped_session[Any]) -> Iterator[Isolation]:
             connections[engine] = stack.enter_context(_outer_transaction(engine))
             stack.callback(_restore, factory, dict(factory.kw))
             factory.configure(bind=connections[engine], join_transaction_mode="create_savepoint")
+        token = quiet_leftovers.set(True)
+        stack.callback(quiet_leftovers.reset, token)
         # Runs first at exit: sessions the block left behind are closed while
         # their connection is still in its outer transaction.
         stack.callback(unit.remove)

@@ -12,7 +12,7 @@ from typing import Any
 
 import flask
 import pytest
-from fsa_support import FsaModels, make_app, sqlalchemy_uri
+from fsa_support import FsaModels, LiteModels, make_app, make_lite_app, sqlalchemy_uri
 from sqlalchemy import Engine
 
 
@@ -55,3 +55,36 @@ def app_factory(fsa: FsaModels, uri: str) -> Iterator[Callable[..., flask.Flask]
 def app(app_factory: Callable[..., flask.Flask]) -> flask.Flask:
     """The application, its tables empty."""
     return app_factory()
+
+
+@pytest.fixture
+def lite() -> LiteModels:
+    """A fresh Flask-SQLAlchemy-Lite ``db`` and its ``User``."""
+    return LiteModels()
+
+
+@pytest.fixture
+def lite_factory(lite: LiteModels, uri: str) -> Iterator[Callable[..., flask.Flask]]:
+    """``create_app(**options)`` of a Lite application; its table created, dropped after."""
+    made: list[flask.Flask] = []
+
+    def create_app(**options: Any) -> flask.Flask:
+        app = make_lite_app(lite, options.pop("uri", uri), **options)
+        with app.app_context():
+            lite.Base.metadata.drop_all(lite.db.engine)
+            lite.Base.metadata.create_all(lite.db.engine)
+        made.append(app)
+        return app
+
+    yield create_app
+    for app in made:
+        with app.app_context():
+            lite.Base.metadata.drop_all(lite.db.engine)
+            for engine in lite.db.engines.values():
+                engine.dispose()
+
+
+@pytest.fixture
+def lite_app(lite_factory: Callable[..., flask.Flask]) -> flask.Flask:
+    """The Lite application, its table empty."""
+    return lite_factory()

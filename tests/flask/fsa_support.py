@@ -18,7 +18,15 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import wsgi_sqla.flask_sqlalchemy
 
-__all__ = ["FsaModels", "InitOrder", "make_app", "sqlalchemy_uri"]
+__all__ = [
+    "FsaModels",
+    "InitOrder",
+    "LiteModels",
+    "body_streaming",
+    "make_app",
+    "make_lite_app",
+    "sqlalchemy_uri",
+]
 
 #: Which ``init_app`` runs first: Flask-SQLAlchemy's (``"db-first"``) or the adapter's.
 InitOrder = Literal["db-first", "adapter-first"]
@@ -127,3 +135,53 @@ def make_app(
 def body_streaming(rows: Iterator[str]) -> flask.Response:
     """A plain streamed response (no ``stream_with_context``): no Flask context while it runs."""
     return flask.Response(rows, mimetype="text/plain")
+
+
+class LiteModels:
+    """One Flask-SQLAlchemy-Lite ``db = SQLAlchemy()`` and a plain declarative ``User``."""
+
+    def __init__(self) -> None:
+        from flask_sqlalchemy_lite import SQLAlchemy as LiteSQLAlchemy
+
+        class Base(DeclarativeBase):
+            pass
+
+        class User(Base):
+            __tablename__ = "wsgi_sqla_users"
+            id: Mapped[int] = mapped_column(primary_key=True)
+            name: Mapped[str] = mapped_column(String(80), unique=True)
+
+        self.db = LiteSQLAlchemy()
+        self.Base = Base
+        self.User: Any = User
+
+
+def make_lite_app(
+    models: LiteModels, uri: str, *, order: InitOrder = "db-first", **options: Any
+) -> flask.Flask:
+    """``create_app()`` of a Flask-SQLAlchemy-Lite application, with the adapter's line.
+
+    ``POST /users/<name>`` adds a user through ``db.session`` (``?session=<name>``: through
+    ``db.get_session(name)``) and answers 201, or ``?status=``.
+    """
+    import wsgi_sqla.flask_sqlalchemy_lite
+
+    db = models.db
+    app = flask.Flask(__name__)
+    app.config["SQLALCHEMY_ENGINES"] = {"default": uri}
+    if order == "db-first":
+        db.init_app(app)
+        wsgi_sqla.flask_sqlalchemy_lite.init_app(app, db, **options)
+    else:
+        wsgi_sqla.flask_sqlalchemy_lite.init_app(app, db, **options)
+        db.init_app(app)
+
+    @app.post("/users/<name>")
+    def add_user(name: str) -> tuple[str, int]:
+        named = flask.request.args.get("session")
+        session = db.get_session(named) if named else db.session
+        session.add(models.User(name=name))
+        session.flush()
+        return "added", int(flask.request.args.get("status", 201))
+
+    return app

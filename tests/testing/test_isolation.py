@@ -305,3 +305,49 @@ def test_reset_schema_on_a_connection_runs_in_its_transaction(
         assert connection.scalar(select(func.count()).select_from(models.User)) == 0
 
     assert probe.count("wsgi_sqla_users") == 0
+
+
+def flask_users_app(session: Any, models: Any) -> Any:
+    """A Flask application whose ``POST /<name>`` saves a user, under the middleware."""
+    import flask
+
+    app = flask.Flask(__name__)
+
+    @app.post("/<name>")
+    def add(name: str) -> tuple[str, int]:
+        models.User(name=name).save()
+        return "added", 201
+
+    app.wsgi_app = SessionMiddleware(app.wsgi_app, session)  # type: ignore[method-assign]
+    return app
+
+
+def test_two_test_client_posts_without_closing_warn_nothing_inside_isolated(
+    session: Any, models: Any
+) -> None:
+    # pyproject's filterwarnings=error turns a StaleSessionWarning into a failure here.
+    client = flask_users_app(session, models).test_client()
+    with isolated(session) as isolation:
+        assert client.post("/ann").status_code == 201
+        assert client.post("/bob").status_code == 201
+        names = isolation.connection.execute(text("SELECT name FROM wsgi_sqla_users"))
+        assert sorted(row[0] for row in names) == ["ann", "bob"]
+
+
+def test_a_leftover_holding_pending_changes_still_warns_inside_isolated(
+    session: Any, models: Any
+) -> None:
+    client = flask_users_app(session, models).test_client()
+    with isolated(session):
+        session.add(models.User(name="pending"))
+        with pytest.warns(StaleSessionWarning):
+            client.post("/ann")
+
+
+def test_outside_isolated_an_unclosed_test_client_response_still_warns(
+    session: Any, models: Any
+) -> None:
+    client = flask_users_app(session, models).test_client()
+    client.post("/ann")
+    with pytest.warns(StaleSessionWarning):
+        client.post("/bob")
