@@ -34,6 +34,7 @@ statement fails, so it costs nothing per request.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from typing import Any
 
@@ -139,7 +140,7 @@ def _explain_pooler_failure(context: ExceptionContext) -> None:
     hint = _HINT.format(name=name)
     warnings.warn(hint, TransactionPoolerWarning, stacklevel=2)
     error = context.sqlalchemy_exception
-    if error is not None and hasattr(error, "add_note"):
+    if error is not None and sys.version_info >= (3, 11):  # add_note() is new in 3.11
         error.add_note(hint)
 
 
