@@ -37,7 +37,7 @@ def test_request_whose_commit_is_cut_answers_500_logs_unknown_and_keeps_the_row(
     assert seen.client_status.startswith("500")
     assert doubt.copies(tag) == 1, "the server got the COMMIT: the row is committed"
     logged = messages(caplog)
-    assert any("unknown" in message for message in logged), logged
+    assert any("the outcome is unknown" in message for message in logged), logged
     assert not any("rolled back" in message for message in logged), logged
 
 
@@ -79,7 +79,7 @@ def test_thirty_cut_commits_are_thirty_500s_logged_unknown_none_a_success(
         false_failures += status >= 500 and committed
         false_successes += 200 <= status < 300 and not committed
         logged = messages(caplog)
-        in_doubt_logs += any("unknown" in m for m in logged) and not any(
+        in_doubt_logs += any("the outcome is unknown" in m for m in logged) and not any(
             "rolled back" in m for m in logged
         )
     print(
