@@ -53,19 +53,25 @@ class Doubt:
         return [tag.encode()]
 
     def post(
-        self, middleware: Any, *, forward: bool = True, key: str | None = None
+        self,
+        middleware: Any,
+        *,
+        forward: bool = True,
+        key: str | None = None,
+        then_refuse: bool = False,
     ) -> tuple[str, Exchange]:
         """One POST through ``middleware`` with its COMMIT cut; (its tag, what was seen).
 
         The cut comes after the COMMIT reached the server, or before
         (``forward=False``). With ``key``, the POST has that Idempotency-Key
-        (and the COMMIT of its claim, which comes first, is not cut).
+        (and the COMMIT of its claim, which comes first, is not cut). With
+        ``then_refuse``, the database is unreachable after the cut.
         """
         tag = uuid.uuid4().hex
         environ = {"QUERY_STRING": tag}
         if key is not None:
             environ["HTTP_IDEMPOTENCY_KEY"] = f'"{key}"'
-        self.proxy.arm(forward=forward, after=0 if key is None else 1)
+        self.proxy.arm(forward=forward, after=0 if key is None else 1, then_refuse=then_refuse)
         seen = serve(middleware, method="POST", environ=environ)
         assert self.proxy.armed == 0, "the request never sent a COMMIT"
         return tag, seen

@@ -461,6 +461,7 @@ class TcpProxy:
                     upstream.sendall(data[:offset])
                     if answered and select.select([upstream], [], [], self.REPLY_WAIT)[0]:
                         upstream.recv(65536)  # the reply, never forwarded
+                    self._after_cut()
                     return
         except (OSError, ValueError):
             return
@@ -473,6 +474,18 @@ class TcpProxy:
 
     #: How long a cut connection waits for the server's reply to the watched message.
     REPLY_WAIT: ClassVar[float] = 2.0
+
+    def _after_cut(self) -> None:
+        """Called once a connection was cut; the plain proxy does nothing more."""
+
+    def refuse(self) -> None:
+        """Stop accepting connections (those open go on), until :meth:`start`."""
+        with self._lock:
+            listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
 
     def _watch(self) -> Callable[[bytes], tuple[int, bool] | None] | None:
         """Per connection: a function that reads the client's bytes as they pass.
@@ -508,18 +521,28 @@ class CommitCuttingProxy(TcpProxy):
         self._armed = 0
         self._forward = True
         self._passing = 0
+        self._then_refuse = False
 
-    def arm(self, times: int = 1, *, forward: bool = True, after: int = 0) -> None:
+    def arm(
+        self, times: int = 1, *, forward: bool = True, after: int = 0, then_refuse: bool = False
+    ) -> None:
         """Cut the connection at the next ``times`` COMMITs (on any connection).
 
         After forwarding each (the server commits), or before (``forward=False``:
         the server never gets it). The first ``after`` COMMITs pass untouched
-        (a keyed request commits its claim first).
+        (a keyed request commits its claim first). With ``then_refuse``, the
+        proxy accepts no new connection once it cut one (:meth:`refuse`): the
+        database is unreachable for whoever asks what became of the COMMIT.
         """
         with self._lock:
             self._armed = times
             self._forward = forward
             self._passing = after
+            self._then_refuse = then_refuse
+
+    def _after_cut(self) -> None:
+        if self._then_refuse:
+            self.refuse()
 
     @property
     def armed(self) -> int:

@@ -86,6 +86,20 @@ def test_keyed_commit_resolved_as_not_committed_is_run_again_under_retry(
     assert doubt.copies(tag) == 1
 
 
+def test_keyed_commit_whose_record_cannot_be_looked_up_answers_500_outcome_unknown(
+    doubt: Doubt, keys: IdempotencyKeys, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="wsgi_sqla")
+    middleware = SessionMiddleware(doubt.app, doubt.db, idempotency=keys)
+
+    tag, seen = doubt.post(middleware, key=uuid.uuid4().hex, then_refuse=True)
+
+    assert seen.client_status.startswith("500")
+    assert doubt.copies(tag) == 1, "the server got the COMMIT"
+    logged = messages(caplog)
+    assert any("the outcome is unknown" in m and "lookup raised" in m for m in logged), logged
+
+
 def test_thirty_keyed_cut_commits_answer_the_truth(doubt: Doubt, keys: IdempotencyKeys) -> None:
     middleware = SessionMiddleware(doubt.app, doubt.db, idempotency=keys)
 

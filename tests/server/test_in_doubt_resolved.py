@@ -127,6 +127,21 @@ def test_transaction_whose_commit_resolved_as_not_committed_raises_not_committed
     assert resolving.copies(tag) == 0
 
 
+def test_commit_whose_lookup_cannot_reach_the_database_answers_500_outcome_unknown(
+    doubt: Doubt, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="wsgi_sqla")
+    resolve_in_doubt(doubt.proxied, wait=0.2)
+
+    tag, seen = doubt.post(SessionMiddleware(doubt.app, doubt.db), then_refuse=True)
+
+    assert doubt.proxy.cuts == 1
+    assert seen.client_status.startswith("500")
+    assert doubt.copies(tag) == 1, "the server got the COMMIT"
+    logged = messages(caplog)
+    assert any("the outcome is unknown" in m and "not asked" in m for m in logged), logged
+
+
 def test_servers_before_13_are_asked_with_the_txid_functions(
     resolving: Doubt, caplog: pytest.LogCaptureFixture
 ) -> None:
