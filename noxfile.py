@@ -50,7 +50,7 @@ nox.options.default_venv_backend = "venv"
 ROOT = Path(__file__).resolve().parent
 PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
 # What ruff checks and formats: every Python file of the repository.
-PYTHON_PATHS = ("wsgi_sqla", "tests", "examples", "bench", "docs", "noxfile.py", ".ci")
+PYTHON_PATHS = ("wsgi_sqla", "harness", "tests", "examples", "bench", "docs", "noxfile.py", ".ci")
 
 # The oldest releases declared in setup.cfg, and tested here.
 SQLALCHEMY_OLDEST = "2.0.0"
@@ -121,7 +121,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typing(session: nox.Session) -> None:
-    """mypy --strict on the package; mypy --strict and pyright strict on a user's typed modules.
+    """mypy --strict on the package and harness/; mypy --strict and pyright strict on typed modules.
 
     tests/typing/typed_*.py hold a user's typed models and Celery tasks. Celery's annotations
     come from the ``celery`` extra, as a user gets them (not from the typing group), so the
@@ -130,6 +130,9 @@ def typing(session: nox.Session) -> None:
     require_node(session)
     session.install("-e", ".[celery]", *group("typing"))
     session.run("mypy", "--strict", "wsgi_sqla")
+    # harness/ (what tests and bench start) imports psycopg for PgBouncer's console.
+    session.install("psycopg[binary]>=3.1")
+    session.run("mypy", "--strict", "harness")
     session.run("mypy", "--strict", "tests/typing/typed_models.py", "tests/typing/typed_tasks.py")
     # Strict mode for tests/typing/typed_*.py comes from [tool.pyright] in pyproject.toml.
     python = Path(session.bin) / "python"

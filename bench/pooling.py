@@ -49,10 +49,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import scoped_session, sessionmaker
 from sqlalchemy.pool import NullPool
 
+from harness.pgbouncer import PgBouncer, PgBouncerMissing, find_pgbouncer
+from harness.servers import gunicorn
+from harness.wrk import wrk
 from wsgi_sqla import SessionMiddleware, transaction_pooled
 
 from .apps import Item, reset_table
-from .endtoend import NON_2XX, RATE, gunicorn, run_wrk
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -116,7 +118,6 @@ done = function(summary, latency, requests)
 end
 """
 
-_SOCKET_ERRORS = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
 _P = re.compile(r"p(50|99)_us (\d+)")
 
 
@@ -167,20 +168,15 @@ class _Sampler:
 
 def _wrk(port: int, seconds: int, lua: Path) -> tuple[float, float, float, int]:
     """req/s, p50 ms, p99 ms and errors of one wrk run of the mix."""
-    out = run_wrk(
+    run = wrk(
         ["-t1", f"-c{WORKERS * THREADS}", f"-d{seconds}s", "--timeout", "10s", "-s", str(lua),
          f"http://127.0.0.1:{port}/read"]
     )  # fmt: skip
-    rate, percentiles = RATE.search(out), dict(_P.findall(out))
-    if rate is None or set(percentiles) != {"50", "99"}:
-        raise RuntimeError(f"cannot read wrk's output:\n{out}")
-    non_2xx = NON_2XX.search(out)
-    sockets = _SOCKET_ERRORS.search(out)
-    errors = (int(non_2xx.group(1)) if non_2xx else 0) + (
-        sum(int(g) for g in sockets.groups()) if sockets else 0
-    )
+    percentiles = dict(_P.findall(run.output))
+    if set(percentiles) != {"50", "99"}:
+        raise RuntimeError(f"cannot read the percentiles in wrk's output:\n{run.output}")
     p50, p99 = int(percentiles["50"]) / 1000, int(percentiles["99"]) / 1000
-    return float(rate.group(1)), p50, p99, errors
+    return run.rate, p50, p99, run.errors
 
 
 def _gunicorn(
@@ -204,8 +200,6 @@ def _conninfo(url: str) -> str:
 
 def measure(url: str, *, rounds: int, seconds: int) -> tuple[dict[str, Budget], str]:
     """Run every configuration ``rounds`` times; the budgets and PgBouncer's version."""
-    from tests.server.pgbouncer.bouncer import PgBouncer
-
     setup = create_engine(url)
     reset_table(setup)
     setup.dispose()  # its pooled connection would count as a backend
@@ -318,8 +312,6 @@ def available() -> str | None:
         return (
             "set WSGI_SQLA_POSTGRESQL_URL (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)"
         )
-    from tests.server.pgbouncer.bouncer import PgBouncerMissing, find_pgbouncer
-
     try:
         find_pgbouncer()
     except PgBouncerMissing as exc:

@@ -1,7 +1,7 @@
 """``python -m bench --replicas``: read-heavy traffic on the primary alone and with a replica.
 
-Starts its own throwaway clusters with the test suite's helper
-(``tests/server/replicas/cluster.py``: PostgreSQL 15 primary + one streaming
+Starts its own throwaway clusters with the harness
+(``harness/clusters.py``: PostgreSQL 15 primary + one streaming
 replica, MariaDB primary + one GTID replica, on free 127.0.0.1 ports,
 stopped at the end), then serves ``bench/replica_app.py`` with gunicorn (2
 sync workers) twice per database, once with ``SessionMiddleware(app, db)``
@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import re
 import statistics
-import sys
 import tempfile
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import endtoend
+from harness.clusters import mariadb_cluster, postgresql_cluster
+from harness.servers import gunicorn
+from harness.wrk import wrk, wrk_version
+
 from .replica_app import seed
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +53,7 @@ class Setup:
 
 
 def _serve(primary: str, replicas: list[str], log: Path) -> AbstractContextManager[int]:
-    return endtoend.gunicorn(
+    return gunicorn(
         "bench.replica_app:application",
         log,
         ["--workers", "2"],
@@ -60,25 +62,22 @@ def _serve(primary: str, replicas: list[str], log: Path) -> AbstractContextManag
 
 
 def _wrk(port: int, seconds: int) -> Point:
-    out = endtoend.run_wrk(
+    run = wrk(
         ["-t1", "-c4", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA),
          f"http://127.0.0.1:{port}/"]
     )  # fmt: skip
-    line, rate = _LINE.search(out), endtoend.RATE.search(out)
-    if line is None or rate is None:
-        raise RuntimeError(f"cannot read wrk's output:\n{out}")
+    line = _LINE.search(run.output)
+    if line is None:
+        raise RuntimeError(f"cannot read the replica counts in wrk's output:\n{run.output}")
     primary_reads, replica_reads, p99, _p50, _total, errors = map(int, line.groups())
     if errors:
-        raise RuntimeError(f"wrk saw {errors} errors:\n{out}")
+        raise RuntimeError(f"wrk saw {errors} errors:\n{run.output}")
     reads = primary_reads + replica_reads
-    return Point(float(rate.group(1)), p99 / 1000, replica_reads / reads if reads else 0.0)
+    return Point(run.rate, p99 / 1000, replica_reads / reads if reads else 0.0)
 
 
 def measure(kind: str, rounds: int, seconds: int) -> tuple[str, list[Setup]]:
     """Both setups on ``kind`` (postgresql or mariadb), alternating over ``rounds``."""
-    sys.path.insert(0, str(ROOT / "tests" / "server"))
-    from replicas.cluster import mariadb_cluster, postgresql_cluster
-
     start = postgresql_cluster if kind == "postgresql" else mariadb_cluster
     alone, replicated = Setup("primary alone"), Setup("primary + 1 replica")
     with start(1) as cluster, tempfile.TemporaryDirectory() as tmp:
@@ -122,7 +121,7 @@ def table(results: list[tuple[str, list[Setup]]]) -> str:
 
 
 def main(kinds: list[str], rounds: int, seconds: int, output: Path) -> None:
-    endtoend.wrk_version()
+    wrk_version()
     results = [measure(kind, rounds, seconds) for kind in kinds]
     text = ".. Written by python -m bench --replicas (bench/replicas.py); do not edit by hand.\n\n"
     text += table(results)

@@ -104,3 +104,13 @@ def test_flask_replays_a_keyed_post_instead_of_running_it_again(
     assert (again.body, again.headers["Idempotent-Replayed"]) == (first.body, "true")
     app.post_json("/users", {"name": "bob"}, headers=key, status=422)
     assert stored(engine) == [(first.json["id"], "ann")]
+
+
+def test_listing_answers_the_same_bare_json_list_on_every_framework(
+    example: ModuleType, engine: Engine
+) -> None:
+    app = client(example)
+    user_id = app.post_json("/users", {"name": "ann"}, status=201).json["id"]
+    listed = app.get("/users", status=200)
+    assert listed.content_type == "application/json"
+    assert listed.json == [{"id": user_id, "name": "ann"}]

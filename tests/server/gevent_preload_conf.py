@@ -15,5 +15,5 @@ monkey.patch_all()
 
 
 def post_worker_init(worker: Any) -> None:
-    # As in ready_conf.py: gunicorn takes one configuration file.
+    # As in harness/ready_conf.py: gunicorn takes one configuration file.
     worker.log.info("wsgi_sqla tests: worker %d is ready", worker.pid)

@@ -19,15 +19,13 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import String, create_engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, scoped_session, sessionmaker
+from sqlalchemy import String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from wsgi_sqla import IdempotencyKeys, SessionMiddleware, transaction_pooled
+from harness.apps import served_database
+from wsgi_sqla import IdempotencyKeys, SessionMiddleware
 
-engine = create_engine(os.environ["DATABASE_URL"])
-if os.environ.get("DATABASE_POOLING") == "transaction":
-    transaction_pooled(engine)
-db: scoped_session[Any] = scoped_session(sessionmaker(bind=engine))
+engine, db = served_database()
 keys = IdempotencyKeys(lease=float(os.environ.get("LEASE", "60")))
 RUNS_FILE = os.environ.get("RUNS_FILE", os.devnull)
 

@@ -13,15 +13,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.orm import Session, scoped_session, sessionmaker
+from sqlalchemy import text
 
+from harness.apps import served_database
 from wsgi_sqla import IdempotencyKeys, SessionMiddleware, resolve_in_doubt
 
-engine = create_engine(os.environ["DATABASE_URL"])
+engine, db = served_database()
 if os.environ.get("RESOLVE_IN_DOUBT") == "1":
     resolve_in_doubt(engine)
-db: scoped_session[Session] = scoped_session(sessionmaker(bind=engine))
 keys = IdempotencyKeys()
 
 

@@ -24,9 +24,10 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import task_prerun
-from sqlalchemy import Integer, String, create_engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, scoped_session, sessionmaker
+from sqlalchemy import Integer, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from harness.apps import served_database
 from wsgi_sqla import after_commit
 from wsgi_sqla.celery import task_base
 
@@ -44,8 +45,7 @@ class Row(Base):
     task_id: Mapped[str] = mapped_column(String(80))
 
 
-engine = create_engine(os.environ["DATABASE_URL"])
-db: scoped_session[Any] = scoped_session(sessionmaker(bind=engine))
+engine, db = served_database()
 
 
 def broker(prefix: str) -> Celery:

@@ -21,9 +21,10 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.signals import worker_init
-from sqlalchemy import Integer, String, create_engine, text
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, scoped_session, sessionmaker
+from sqlalchemy import Integer, String, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from harness.apps import served_database
 from wsgi_sqla.celery import task_base
 
 
@@ -39,8 +40,7 @@ class Call(Base):
     backend: Mapped[int] = mapped_column(Integer)
 
 
-engine = create_engine(os.environ["DATABASE_URL"])
-db: scoped_session[Any] = scoped_session(sessionmaker(bind=engine))
+engine, db = served_database()
 BACKEND = (
     "SELECT pg_backend_pid()" if engine.dialect.name == "postgresql" else "SELECT CONNECTION_ID()"
 )

@@ -21,29 +21,19 @@ import os
 
 import bottle
 import flask
-from sqlalchemy import String, create_engine, func, select, text
-from sqlalchemy.orm import (
-    DeclarativeBase,
-    Mapped,
-    Session,
-    mapped_column,
-    scoped_session,
-    sessionmaker,
-)
+from sqlalchemy import String, func, select, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from harness.apps import served_database
 from wsgi_sqla import (
     Retry,
     SessionMiddleware,
     report_bottle_exceptions,
     report_flask_exceptions,
-    transaction_pooled,
 )
 
 RETRIES = int(os.environ.get("RETRIES", "20"))
-engine = create_engine(os.environ["DATABASE_URL"], isolation_level="SERIALIZABLE")
-if os.environ.get("DATABASE_POOLING") == "transaction":
-    transaction_pooled(engine)
-db: scoped_session[Session] = scoped_session(sessionmaker(bind=engine))
+engine, db = served_database(isolation_level="SERIALIZABLE")
 
 
 class Base(DeclarativeBase):

@@ -53,31 +53,21 @@ from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qs
 
-from sqlalchemy import ForeignKey, Integer, String, create_engine, select, text
-from sqlalchemy.orm import (
-    DeclarativeBase,
-    Mapped,
-    Session,
-    mapped_column,
-    scoped_session,
-    sessionmaker,
-)
+from sqlalchemy import ForeignKey, Integer, String, select, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from wsgi_sqla import Retry, SessionMiddleware, transaction_pooled
+from harness.apps import served_database
+from wsgi_sqla import Retry, SessionMiddleware
 
 DATABASE_URL = os.environ["DATABASE_URL"]
 RETRIES = int(os.environ.get("SOAK_RETRIES", "0"))
 
-engine = create_engine(
-    DATABASE_URL,
+engine, db = served_database(
     pool_pre_ping=True,
     connect_args=(
         {"application_name": "wsgi_sqla_soak"} if DATABASE_URL.startswith("postgresql") else {}
     ),
 )
-if os.environ.get("DATABASE_POOLING") == "transaction":
-    transaction_pooled(engine)
-db: scoped_session[Session] = scoped_session(sessionmaker(bind=engine))
 DIALECT = engine.dialect.name
 
 

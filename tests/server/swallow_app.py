@@ -18,26 +18,18 @@ which the unique key rejects, catch the ``IntegrityError`` and answer 201:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
-from sqlalchemy import String, create_engine, insert
+from sqlalchemy import String, insert
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import (
-    DeclarativeBase,
-    Mapped,
-    Session,
-    mapped_column,
-    scoped_session,
-    sessionmaker,
-)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from harness.apps import served_database
 from wsgi_sqla import SessionMiddleware
 
-engine = create_engine(os.environ["DATABASE_URL"])
-db: scoped_session[Session] = scoped_session(sessionmaker(bind=engine))
+engine, db = served_database()
 
 
 class Base(DeclarativeBase):

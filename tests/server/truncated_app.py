@@ -12,25 +12,16 @@ test, not here: workers importing this module at once would race.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 from urllib.parse import parse_qs
 
 import flask
-from sqlalchemy import create_engine
-from sqlalchemy.orm import (
-    DeclarativeBase,
-    Mapped,
-    Session,
-    mapped_column,
-    scoped_session,
-    sessionmaker,
-)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from harness.apps import served_database
 from wsgi_sqla import SessionMiddleware
 
-engine = create_engine(os.environ["DATABASE_URL"])
-db: scoped_session[Session] = scoped_session(sessionmaker(bind=engine))
+engine, db = served_database()
 
 
 class Base(DeclarativeBase):

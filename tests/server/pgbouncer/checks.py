@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, text
 
-from .bouncer import PgBouncer
+from harness.pgbouncer import PgBouncer
 
 __all__ = ["assert_nothing_left_open", "server_backends"]
 

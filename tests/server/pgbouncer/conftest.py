@@ -1,6 +1,6 @@
 """Fixtures for the tests behind a real PgBouncer in transaction pooling mode.
 
-Each PgBouncer is our own process (see bouncer.py) in front of the database
+Each PgBouncer is our own process (see harness/pgbouncer.py) in front of the database
 of ``WSGI_SQLA_POSTGRESQL_URL``, with a server pool smaller than the
 number of concurrent clients the tests send, and is stopped by its pid when
 its scope ends. Without the ``pgbouncer`` binary the tests skip on a laptop
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from support import database_url, missing
 
-from .bouncer import MakeBouncer, PgBouncer, PgBouncerMissing, find_pgbouncer
+from harness.pgbouncer import MakeBouncer, PgBouncer, PgBouncerMissing, find_pgbouncer
 
 # Well below the 16 concurrent clients of the soak and the ledger bursts.
 POOL_SIZE = 4

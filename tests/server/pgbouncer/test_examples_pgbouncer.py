@@ -26,8 +26,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
+from harness.pgbouncer import PgBouncer
+
 from ..support import Gunicorn, Serve, load_module
-from .bouncer import PgBouncer
 from .checks import assert_nothing_left_open
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"

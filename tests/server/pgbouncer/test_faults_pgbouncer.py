@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import create_engine, text
 
+from harness.pgbouncer import PgBouncer
 from wsgi_sqla import transaction_pooled
 
 from ..support import app_tables, servers
@@ -29,7 +30,6 @@ from ..test_faults import (
     hang_up_mid_stream_and_check,
     kill_mid_request_and_check,
 )
-from .bouncer import PgBouncer
 from .checks import assert_nothing_left_open
 
 

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine
 
+from harness.pgbouncer import PgBouncer
+
 from ..support import Serve, app_tables
 from ..test_idempotency_servers import APP, check_once
-from .bouncer import PgBouncer
 from .checks import assert_nothing_left_open
 
 

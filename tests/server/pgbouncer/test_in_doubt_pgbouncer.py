@@ -19,10 +19,10 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import Engine, create_engine
 
+from harness.pgbouncer import PgBouncer
 from wsgi_sqla import SessionMiddleware, resolve_in_doubt
 
 from ..doubt import Doubt, doubt_over, messages
-from .bouncer import PgBouncer
 from .checks import assert_nothing_left_open
 
 

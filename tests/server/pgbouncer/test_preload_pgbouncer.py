@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine
 
+from harness.pgbouncer import PgBouncer
+
 from ..support import Serve, app_tables
 from ..test_faults import SOAK_APP
-from .bouncer import PgBouncer
 from .checks import assert_nothing_left_open
 
 

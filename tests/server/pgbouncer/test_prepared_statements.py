@@ -20,9 +20,8 @@ from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.orm import scoped_session, sessionmaker
 from support import database_url
 
+from harness.pgbouncer import MakeBouncer, PgBouncer
 from wsgi_sqla import TransactionPoolerWarning, transaction, transaction_pooled
-
-from .bouncer import MakeBouncer, PgBouncer
 
 RUNS = 6  # psycopg prepares a query on its 5th execution by default
 

@@ -15,9 +15,10 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import Engine, create_engine
 
+from harness.pgbouncer import PgBouncer
+
 from ..support import Serve, app_tables
 from ..test_retry_server import RETRY_APP, check_serial_ledger, serve
-from .bouncer import PgBouncer
 from .checks import assert_nothing_left_open
 
 

@@ -14,9 +14,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from harness.pgbouncer import PgBouncer
+
 from ..support import Serve
 from ..test_soak import Soak, run_soak, soak_server
-from .bouncer import PgBouncer
 from .checks import assert_nothing_left_open
 
 pytestmark = pytest.mark.soak

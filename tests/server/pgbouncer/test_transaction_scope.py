@@ -27,10 +27,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from support import database_url, serve
 
+from harness.pgbouncer import MakeBouncer, PgBouncer
+from harness.proxy import Sniffer
 from wsgi_sqla import SessionMiddleware, transaction
-
-from .bouncer import MakeBouncer, PgBouncer
-from .wire import Sniffer
 
 # -- what the drivers send -----------------------------------------------------------
 

@@ -9,9 +9,9 @@ from typing import Any
 
 from sqlalchemy import Engine, func, insert, select
 
+from harness.clusters import Cluster, Server
 from wsgi_sqla.testing import RoundTrips, count_round_trips
 
-from .cluster import Cluster, Server
 from .replica_app import App, Item, make_app
 
 #: The Replicas secret of the signed apps.

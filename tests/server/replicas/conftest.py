@@ -15,8 +15,9 @@ from collections.abc import Iterator
 import pytest
 from support import missing
 
+from harness.clusters import Cluster, Unavailable, mariadb_cluster, postgresql_cluster
+
 from .checks import SECRET, app_over
-from .cluster import Cluster, Unavailable, mariadb_cluster, postgresql_cluster
 from .replica_app import App, Base
 
 _STARTERS = {"postgresql": postgresql_cluster, "mariadb": mariadb_cluster}

@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 
+from harness.clusters import Cluster
 from wsgi_sqla import POSITION_COOKIE, POSITION_HEADER
 
 from ..launchers import launch
 from ..support import Gunicorn, Reply, Serve, fan_out, until
 from .checks import rows_everywhere, served_ports, writing_on
-from .cluster import Cluster
 
 
 def replica_env(cluster: Cluster, max_lag: float) -> dict[str, str]:

@@ -18,6 +18,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import scoped_session, sessionmaker
 
 import wsgi_sqla
+from harness.clusters import Cluster
 from wsgi_sqla import (
     POSITION_COOKIE,
     POSITION_HEADER,
@@ -35,7 +36,6 @@ from .checks import (
     served_ports,
     writing_on,
 )
-from .cluster import Cluster
 from .replica_app import App, CommitRefused, make_app
 
 

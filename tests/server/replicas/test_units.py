@@ -23,12 +23,12 @@ from celery.contrib.testing.worker import start_worker
 from sqlalchemy import select
 
 import wsgi_sqla
+from harness.clusters import Cluster
 from wsgi_sqla import Replicas, ReplicaWriteError, SessionMiddleware, after_commit, transaction
 from wsgi_sqla.celery import task_base
 
 from ..support import until
 from .checks import app_over, rows_everywhere, served_ports, writing_on
-from .cluster import Cluster
 from .replica_app import App, Item, make_app, where_am_i
 
 # -- transaction() ----------------------------------------------------------------------

@@ -23,33 +23,17 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy
 from sqlalchemy import text
 
+from .net import Unavailable, free_port, wait_until
+
 DATABASE = "app"
-
-
-class Unavailable(Exception):
-    """A binary the cluster needs is not installed (the message names it)."""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _wait(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not happen within {timeout} s")
-        time.sleep(0.05)
 
 
 @dataclass
@@ -74,9 +58,9 @@ class Server:
             return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{DATABASE}"
         return f"mariadb+pymysql://root@127.0.0.1:{self.port}/{DATABASE}"
 
-    def engine(self, **kw: object) -> sqlalchemy.Engine:
+    def engine(self, **kw: Any) -> sqlalchemy.Engine:
         """A new engine on this server, disposed of when the cluster stops."""
-        engine = sqlalchemy.create_engine(self.url, **kw)  # type: ignore[arg-type]
+        engine = sqlalchemy.create_engine(self.url, **kw)
         self.engines.append(engine)
         return engine
 
@@ -106,7 +90,9 @@ class Server:
             )
             logfile.close()
             self.pid = self.process.pid
-        _wait(self.accepts, f"{self.kind} {self.role} on port {self.port} accepting connections")
+        wait_until(
+            self.accepts, f"{self.kind} {self.role} on port {self.port} accepting connections"
+        )
 
     def accepts(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
@@ -136,7 +122,7 @@ class Server:
                 self.process.wait()
             self.process = None
         else:
-            _wait(lambda: not _alive(pid), f"postgresql pid {pid} exiting")
+            wait_until(lambda: not _alive(pid), f"postgresql pid {pid} exiting")
 
     def set_delay(self, seconds: float) -> None:
         """Make this replica apply each transaction ``seconds`` after the primary committed it."""
@@ -193,7 +179,7 @@ class Cluster:
                         ).scalar_one()
                         return bool(waited == 0)
 
-                _wait(caught_up, f"{self.kind} replica on {replica.port} catching up", timeout)
+                wait_until(caught_up, f"{self.kind} replica on {replica.port} catching up", timeout)
 
 
 def _stop(server: Server) -> None:
@@ -425,7 +411,7 @@ def _mariadb_server(role: str, server_id: int, root: Path, mariadbd: str, instal
 def _bootstrap_root(server: Server) -> None:
     """Let root connect over TCP from 127.0.0.1 without a password (this server only)."""
     sock = server.datadir / "mariadb.sock"
-    _wait(sock.exists, f"{sock} appearing")
+    wait_until(sock.exists, f"{sock} appearing")
     sql = (
         "SET sql_log_bin = 0; "
         "CREATE USER IF NOT EXISTS 'root'@'127.0.0.1' IDENTIFIED BY ''; "

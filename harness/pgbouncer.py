@@ -20,7 +20,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -30,6 +29,8 @@ from typing import Any
 
 import psycopg
 from sqlalchemy.engine import URL, make_url
+
+from .net import free_port
 
 __all__ = ["PGBOUNCER", "PgBouncer", "PgBouncerMissing", "find_pgbouncer"]
 
@@ -55,12 +56,6 @@ def find_pgbouncer() -> str:
             f"pgbouncer must run as the {RUN_AS!r} user, which does not exist here"
         ) from None
     return found
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class PgBouncer:
@@ -143,7 +138,7 @@ class PgBouncer:
         self.directory = Path(self._dir.name)
         account = pwd.getpwnam(RUN_AS)
         for attempt in range(5):
-            self.port = _free_port()
+            self.port = free_port()
             (self.directory / "users.txt").write_text(f'"{self.user}" ""\n')
             (self.directory / "pgbouncer.ini").write_text(self._config())
             self.log.write_text("")
