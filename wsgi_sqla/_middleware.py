@@ -37,7 +37,7 @@ from sqlalchemy.orm import scoped_session
 from typing_extensions import Never
 
 from ._errors import error_response, started
-from ._http import succeeded
+from ._http import default_commit_veto
 from ._idempotency import IdempotencyKeys, KeyStore
 from ._keyed import serve_keyed
 from ._owners import own_sessions, refuse_removed
@@ -62,11 +62,6 @@ _Attempt = Callable[["WSGIEnvironment", "StartResponse"], Iterable[bytes]]
 
 CommitVeto = Callable[["WSGIEnvironment", str, _Headers], bool]
 """``commit_veto(environ, status, headers) -> bool``; ``True`` means roll back."""
-
-
-def default_commit_veto(environ: WSGIEnvironment, status: str, headers: _Headers) -> bool:
-    """Veto (roll back) every response whose status code is 400 or above."""
-    return not succeeded(status)
 
 
 class SessionMiddleware:

@@ -190,7 +190,7 @@ def run_once(
     table = task_runs.table
     db = sessions[0]
     try:
-        with unit_of_work(sessions, start) as unit:
+        with unit_of_work(sessions, start, "task") as unit:
             found = db.execute(
                 select(table.c.result).where(table.c.task == name, table.c.key == key)
             ).first()

@@ -1,20 +1,25 @@
-"""Whether a scoped session holds a session, asked without creating one.
+"""Whether a scoped session holds a session, asked without creating one; ending one.
 
 The unit of work asks this for each of its sessions at its start, its
 decision and its end, and the listeners that watch what the database
 rejects ask it at each begin; most requests never touch the database, so
-the answer must cost next to nothing when it is "no".
+the answer must cost next to nothing when it is "no". :func:`rollback_one`
+and :func:`remove_one` end a live one without masking the error that led
+there: their own failures are logged.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
 from sqlalchemy.orm import scoped_session
 from sqlalchemy.util import ThreadLocalRegistry
 
-__all__ = ["is_live"]
+__all__ = ["is_live", "remove_one", "rollback_one"]
+
+logger = logging.getLogger("wsgi_sqla")
 
 _THREAD_LOCAL = type(threading.local())
 
@@ -38,3 +43,21 @@ def is_live(scoped: scoped_session[Any]) -> bool:
         if type(local) is _THREAD_LOCAL:
             return "value" in local.__dict__
     return registry.has()
+
+
+def rollback_one(scoped: scoped_session[Any]) -> None:
+    """Roll back ``scoped``'s session; a failure is logged, and the session discarded."""
+    try:
+        scoped.registry().rollback()
+    except Exception:
+        logger.exception("rollback failed; the session is discarded")
+
+
+def remove_one(scoped: scoped_session[Any]) -> None:
+    """Close ``scoped``'s session and clear it from the registry, whatever happens."""
+    try:
+        scoped.registry().close()
+    except Exception:
+        logger.exception("closing the session failed; it is discarded")
+    finally:
+        scoped.registry.clear()

@@ -12,12 +12,14 @@ iterable and ends the unit exactly once.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._errors import record
+from ._http import default_commit_veto
 from ._in_doubt import NotCommittedError
 from ._input import (
     REFUSED_BODY,
@@ -29,6 +31,7 @@ from ._input import (
     watch_input,
 )
 from ._rejected import CommitInDoubtError, RejectedWorkError
+from ._telemetry import facts, tracing, unit_facts
 from ._unit import UnitOfWork, current
 
 if TYPE_CHECKING:
@@ -122,6 +125,8 @@ class RequestUnit:
         """Call the application, decide, and return the iterable for the server."""
         token = current.set(self.unit)
         environ = self._environ
+        if tracing is not None:
+            tracing.request(self.unit._trace, environ)
         # A body shorter than its Content-Length is never committed (see _input.py).
         length = environ.get("CONTENT_LENGTH")
         self._input = watch_input(environ, length) if length and length != "0" else None
@@ -264,17 +269,24 @@ class RequestUnit:
         status = self._status
         assert status is not None
         unit = self.unit
+        if tracing is not None:
+            tracing.responded(unit._trace, status, self._middleware.commit_veto)
         try:
             commit, reason = unit.decide(
                 partial(self._middleware.commit_veto, self._environ, status, self._headers)
             )
         except BaseException as exc:
             self._failure = exc
-            logger.exception("commit_veto raised; rolling back")
+            logger.exception(
+                "commit_veto raised; rolling back",
+                extra=facts("request", "rolled_back", "exception", status),
+            )
             record(exc).logged = True
             unit.rollback()
             raise
         whole = True
+        debug = logger.isEnabledFor(logging.DEBUG)
+        started = time.perf_counter() if debug else 0.0
         if commit:
             try:
                 whole = unit.commit()
@@ -285,19 +297,26 @@ class RequestUnit:
                     logger.exception(
                         "commit failed; rolled back, the client gets an error instead of %r",
                         status,
+                        extra=unit_facts(unit, "commit_failed", "exception", status),
                     )
                 record(exc).logged = True
                 raise
             self._committed = True
         else:
             unit.rollback()
-        if logger.isEnabledFor(logging.DEBUG):
+        if debug:
+            outcome = "committed" if commit and whole else "rolled_back"
+            if not whole:
+                reason = "removed"
+            elif reason == "veto" and self._middleware.commit_veto is default_commit_veto:
+                reason = "status"
             logger.debug(
                 "%s %s (%s): %s",
-                ("committed" if whole else "not committed") if commit else "rolled back",
+                outcome,
                 self._environ.get("PATH_INFO"),
                 reason,
                 status,
+                extra=facts("request", outcome, reason, status, time.perf_counter() - started),
             )
         exc_info, self._exc_info = self._exc_info, None
         self._server_write = self._server_start_response(status, self._headers, exc_info)
@@ -310,6 +329,8 @@ class RequestUnit:
         watched = self._input
         assert watched is not None
         watched.refused = True
+        if tracing is not None:
+            tracing.refused(self.unit._trace, "truncated", REFUSED_STATUS)
         self.unit.rollback()
         warn_truncated(self._environ, watched.received, watched.announced, watched.failure)
         self._exc_info = None
@@ -319,7 +340,11 @@ class RequestUnit:
     def _abort(self) -> None:
         """The request failed before a response was handed over: undo, close, clean up."""
         if not self._decided:
-            logger.debug("rolled back %s (the application raised)", self._environ.get("PATH_INFO"))
+            logger.debug(
+                "rolled back %s (the application raised)",
+                self._environ.get("PATH_INFO"),
+                extra=facts("request", "rolled_back", "exception", self._status),
+            )
         self._exc_info = None
         self._finished = False
         self.close()
@@ -376,6 +401,8 @@ class RequestUnit:
         """Commit work done while streaming if the response committed, else roll back."""
         unit = self.unit
         if unit.idle():
+            if tracing is not None:
+                tracing.end(unit)
             return
         try:
             watched = self._input
@@ -396,7 +423,8 @@ class RequestUnit:
                     unit.commit()
                 except Exception:
                     logger.exception(
-                        "commit of work done while streaming the body failed; rolled back"
+                        "commit of work done while streaming the body failed; rolled back",
+                        extra=unit_facts(unit, "commit_failed", "exception", self._status),
                     )
                     raise
             else:

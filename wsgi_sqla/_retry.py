@@ -60,6 +60,7 @@ from ._in_doubt import NotCommittedError
 from ._input import CountedInput, refuse
 from ._owners import check_seconds
 from ._rejected import CommitInDoubtError, RejectedWorkError
+from ._telemetry import facts, tracing
 from ._transient import is_transient_error
 
 if TYPE_CHECKING:
@@ -73,6 +74,8 @@ logger = logging.getLogger("wsgi_sqla")
 DEFAULT_RETRY_BODY_LIMIT = 1 << 20
 
 _ENVIRON_KEY = "wsgi_sqla.retry"
+#: The attempt's number (1 for the first run) in the environ of a replayed request.
+_ATTEMPT_KEY = "wsgi_sqla.attempt"
 _MAX_DELAY = 1.0
 #: How the loop waits between attempts; the tests that look at the delays replace it.
 sleep: Callable[[float], object] = time.sleep
@@ -225,7 +228,7 @@ class Retry:
             return attempt(environ, start_response)
         for number in range(1, self.retries + 1):
             guard = ReplayGuard(start_response, self.when)
-            env = _replay_environ(environ, body)
+            env = _replay_environ(environ, body, number)
             env[_ENVIRON_KEY] = guard
             try:
                 return attempt(env, guard.start_response)
@@ -233,6 +236,8 @@ class Retry:
                 if guard.forwarded or not (exc is guard.reported or _asks_retry(self.when, exc)):
                     raise
                 delay = self.delay(number)
+                if tracing is not None:
+                    tracing.retried(exc)
                 logger.warning(
                     "%s %s: attempt %d of %d failed with a transient error (%s: %s); "
                     "running it again in %.0f ms",
@@ -243,20 +248,22 @@ class Retry:
                     type(exc).__name__,
                     _first_line(exc),
                     delay * 1000,
+                    extra={"attempt": number, **facts("request", "rolled_back", "exception")},
                 )
             sleep(delay)
         # The last attempt: whatever happens now stands.
-        return attempt(_replay_environ(environ, body), start_response)
+        return attempt(_replay_environ(environ, body, self.retries + 1), start_response)
 
     def delay(self, number: int) -> float:
         """Seconds to wait after failed attempt ``number``: doubling, capped, jittered ±50%."""
         return min(self.backoff * 2.0 ** (number - 1), _MAX_DELAY) * _jitter.uniform(0.5, 1.5)
 
 
-def _replay_environ(environ: WSGIEnvironment, body: bytes) -> WSGIEnvironment:
+def _replay_environ(environ: WSGIEnvironment, body: bytes, number: int) -> WSGIEnvironment:
     """A copy of the request as the server gave it, with the body to read again."""
     env = dict(environ)
     env["wsgi.input"] = io.BytesIO(body)
+    env[_ATTEMPT_KEY] = number
     return env
 
 

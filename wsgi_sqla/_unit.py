@@ -33,7 +33,7 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy.exc import PendingRollbackError
 from sqlalchemy.orm import scoped_session
@@ -41,7 +41,7 @@ from sqlalchemy.orm import scoped_session
 from ._context import current, quiet_leftovers
 from ._fork import adopt_pools
 from ._in_doubt import Doubt, NotCommittedError, lookup, settle
-from ._registry import is_live
+from ._registry import is_live, remove_one, rollback_one
 from ._rejected import (
     CommitInDoubtError,
     Ledger,
@@ -50,6 +50,10 @@ from ._rejected import (
     in_doubt,
     refused_flush,
 )
+from ._telemetry import COMMIT_FAILED, IN_DOUBT, ROLLED_BACK, failed, tracing, unit_facts
+
+if TYPE_CHECKING:
+    from ._telemetry import Record
 
 __all__ = [
     "Outcome",
@@ -99,11 +103,23 @@ class UnitOfWork:
     * :meth:`running`: all of the above around a block of code.
     """
 
-    __slots__ = ("_doubt", "_forced", "_ledger", "_pending_hooks", "_ready_hooks", "sessions")
+    __slots__ = (
+        "_doubt",
+        "_forced",
+        "_ledger",
+        "_owner",
+        "_pending_hooks",
+        "_ready_hooks",
+        "_trace",
+        "sessions",
+    )
 
     #: How a COMMIT in doubt is settled (_in_doubt.py). Unset until a lookup may be
     #: needed, so that a unit which never needs one does not even store a ``None``.
     _doubt: Doubt
+    #: Set only when not "request", and while telemetry is on: a plain request stores neither.
+    _owner: str
+    _trace: Record
 
     def __init__(self, sessions: tuple[scoped_session[Any], ...]) -> None:
         """Start a unit over ``sessions``, discarding sessions left by an earlier one.
@@ -123,10 +139,12 @@ class UnitOfWork:
         self._ready_hooks: list[_Hook] | None = None
         #: What the sessions began on and what the database rejected; made at the first begin.
         self._ledger: Ledger | None = None
+        if tracing is not None:
+            self._trace = tracing.start()
         for scoped in sessions:
             if is_live(scoped):
                 if quiet_leftovers.get() and _holds_nothing(scoped.registry()):
-                    _remove_one(scoped)
+                    remove_one(scoped)
                     continue
                 warnings.warn(
                     "wsgi_sqla: a session was still in the registry when a new unit of work "
@@ -136,8 +154,8 @@ class UnitOfWork:
                     StaleSessionWarning,
                     stacklevel=3,
                 )
-                _rollback_one(scoped)
-                _remove_one(scoped)
+                rollback_one(scoped)
+                remove_one(scoped)
 
     # -- the decision -----------------------------------------------------
 
@@ -169,16 +187,22 @@ class UnitOfWork:
         The one rule every owner applies once its work ended without an
         exception: an outcome forced with :meth:`force` wins; otherwise the
         unit commits unless ``vetoed()`` (the owner's rule, called only
-        then) returns true. Without ``vetoed`` it commits.
+        then) returns true. Without ``vetoed`` it commits. The reason is
+        ``"force_commit"``, ``"force_rollback"``, ``"veto"`` (``vetoed``
+        decided) or ``"ended"``.
         """
         forced = self._forced
         if forced is not None:
-            return forced == "commit", "forced by the application"
-        if vetoed is None:
-            return True, "ended normally"
-        if vetoed():
-            return False, "vetoed"
-        return True, "not vetoed"
+            decision = (forced == "commit", f"force_{forced}")
+        elif vetoed is None:
+            decision = (True, "ended")
+        elif vetoed():
+            decision = (False, "veto")
+        else:
+            decision = (True, "veto")
+        if tracing is not None:
+            tracing.decided(self._trace, *decision)
+        return decision
 
     # -- the running unit -------------------------------------------------
 
@@ -253,6 +277,8 @@ class UnitOfWork:
         ledger = self._ledger
         whole = ledger is None or ledger.kept()
         if not live and not self._pending_hooks:
+            if tracing is not None:
+                tracing.committed(self._trace, whole)
             return whole
         committed = 0
         try:
@@ -265,7 +291,10 @@ class UnitOfWork:
             for session in live:
                 if session.in_transaction():
                     try:
-                        session.commit()
+                        if tracing is None:
+                            session.commit()
+                        else:
+                            tracing.operation(self._trace, "COMMIT", session, session.commit)
                     except BaseException as error:
                         if not in_doubt(error):
                             raise
@@ -279,39 +308,48 @@ class UnitOfWork:
                     "committed, the others are rolled back",
                     committed,
                     len(live),
+                    extra=unit_facts(self, COMMIT_FAILED, "exception"),
                 )
             self.rollback()
             if isinstance(error, PendingRollbackError):
                 # A flush failed and the application went on (the single-session path
                 # leaves this check to SQLAlchemy, at no cost when nothing failed).
                 error = refused_flush(ledger)
-                logger.error("not committed: %s", error)
+                failed(self, error, ROLLED_BACK, "rejected", "not committed: %s")
                 raise error from None
             if isinstance(error, RejectedWorkError):
-                logger.error("not committed: %s", error)
-                raise
-            if isinstance(error, (NotCommittedError, CommitInDoubtError)):
-                logger.error("%s", error)
+                failed(self, error, ROLLED_BACK, "rejected", "not committed: %s")
+            elif isinstance(error, CommitInDoubtError):
+                failed(self, error, IN_DOUBT, "connection_lost", "%s")
+            elif isinstance(error, NotCommittedError):
+                failed(self, error, COMMIT_FAILED, "connection_lost", "%s")
+            elif tracing is not None:  # an ordinary error: its owner reports it
+                tracing.failed(self._trace, COMMIT_FAILED, "exception", error)
             raise
         if self._pending_hooks:
             if self._ready_hooks is None:
                 self._ready_hooks = []
             self._ready_hooks.extend(self._pending_hooks)
             self._pending_hooks = None
+        if tracing is not None:
+            tracing.committed(self._trace, whole)
         return whole
 
     def rollback(self) -> None:
         """Roll back every live session and drop hooks of uncommitted work."""
         self._pending_hooks = None
+        if tracing is not None:
+            tracing.rollback(self)
+            return
         for scoped in self.sessions:
             if is_live(scoped):
-                _rollback_one(scoped)
+                rollback_one(scoped)
 
     def remove(self) -> None:
         """Close every live session and clear it from its registry."""
         for scoped in self.sessions:
             if is_live(scoped):
-                _remove_one(scoped)
+                remove_one(scoped)
 
     def end(self) -> None:
         """Remove the sessions, then run the after-commit hooks of committed work.
@@ -340,6 +378,8 @@ class UnitOfWork:
                 finally:
                     current.reset(token)
                     self.remove()
+            if tracing is not None:
+                tracing.end(self)
 
     @contextlib.contextmanager
     def running(self) -> Iterator[UnitOfWork]:
@@ -378,26 +418,11 @@ def _holds_nothing(session: Any) -> bool:
     return not (session.in_transaction() or session.new or session.dirty or session.deleted)
 
 
-def _rollback_one(scoped: scoped_session[Any]) -> None:
-    try:
-        scoped.registry().rollback()
-    except Exception:
-        logger.exception("rollback failed; the session is discarded")
-
-
-def _remove_one(scoped: scoped_session[Any]) -> None:
-    try:
-        scoped.registry().close()
-    except Exception:
-        logger.exception("closing the session failed; it is discarded")
-    finally:
-        scoped.registry.clear()
-
-
 @contextlib.contextmanager
 def unit_of_work(
     sessions: tuple[scoped_session[Any], ...],
     start: Callable[[tuple[scoped_session[Any], ...]], UnitOfWork] = UnitOfWork,
+    owner: str = "transaction",
 ) -> Iterator[UnitOfWork]:
     """Join the running unit of work, or run a new one over ``sessions``.
 
@@ -405,14 +430,17 @@ def unit_of_work(
     inside a running unit (a request, an enclosing block, a task) the block
     adds its sessions to that unit and commits nothing early; outside any,
     it starts a unit of its own, ``start(sessions)`` (a routed unit when the
-    block may read from replicas), and runs it (:meth:`UnitOfWork.running`).
+    block may read from replicas), owned by ``owner`` (``"transaction"`` or
+    ``"task"``), and runs it (:meth:`UnitOfWork.running`).
     """
     unit = current.get()
     if unit is not None:
         unit.join(sessions)
         yield unit
         return
-    with start(sessions).running() as unit:
+    unit = start(sessions)
+    unit._owner = owner
+    with unit.running() as unit:
         yield unit
 
 

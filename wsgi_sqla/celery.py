@@ -146,7 +146,7 @@ class SessionTask(Task[_P, _R_co]):
             if key is not None:
                 body = super().__call__
                 return run_once(self.name, key, sessions, start, body, args, kwargs)  # type: ignore[no-any-return]
-        with unit_of_work(sessions, start):
+        with unit_of_work(sessions, start, "task"):
             return super().__call__(*args, **kwargs)
 
     def apply_async(self, *args: Any, **options: Any) -> Any:
