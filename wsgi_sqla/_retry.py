@@ -263,7 +263,8 @@ def _replay_environ(environ: WSGIEnvironment, body: bytes, number: int) -> WSGIE
     """A copy of the request as the server gave it, with the body to read again."""
     env = dict(environ)
     env["wsgi.input"] = io.BytesIO(body)
-    env[_ATTEMPT_KEY] = number
+    if tracing is not None:
+        env[_ATTEMPT_KEY] = number
     return env
 
 

@@ -12,8 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine, event, select
 from sqlalchemy.orm import scoped_session
 from support import Boom, Models, Probe, answering, serve
 
@@ -21,43 +20,7 @@ import wsgi_sqla
 from wsgi_sqla import SessionMiddleware, force_commit, force_rollback, transaction
 
 from .recorded import Recorded, SpanKind, StatusCode, attributes, trace
-
-
-def save(models: Models, name: str = "ann") -> Callable[[], None]:
-    return lambda: models.User(name=name).save()
-
-
-def raising(models: Models) -> Callable[[], None]:
-    def work() -> None:
-        models.User(name="ann").save()
-        raise Boom("the view failed")
-
-    return work
-
-
-def swallowing(models: Models) -> Callable[[], None]:
-    """Saves ann, then inserts her again and swallows the database's refusal."""
-
-    def work() -> None:
-        models.User(name="ann").save()
-        with contextlib.suppress(IntegrityError):
-            models.User.__session__.execute(insert(models.User).values(name="ann"))
-
-    return work
-
-
-def forcing(models: Models, force: Callable[[], None]) -> Callable[[], None]:
-    def work() -> None:
-        models.User(name="ann").save()
-        force()
-
-    return work
-
-
-def pledging(models: Models) -> Callable[[], None]:
-    """A pledge to a user who does not exist: the deferred key fails at COMMIT."""
-    return lambda: models.Pledge(user_id=999).save()
-
+from .work import forcing, pledging, raising, save, swallowing
 
 REQUESTS: list[tuple[str, str, Callable[[Models], Callable[[], None]], dict[str, Any]]] = [
     # id, status, the view's work, the expected attributes beyond the owner
