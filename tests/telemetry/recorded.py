@@ -17,7 +17,11 @@ from support import missing
 try:
     from opentelemetry import metrics, trace
     from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider
-    from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
+    from opentelemetry.sdk.metrics.export import (
+        AggregationTemporality,
+        Gauge,
+        InMemoryMetricReader,
+    )
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -62,18 +66,25 @@ class Recorded:
     def metrics(self) -> dict[str, dict[frozenset[tuple[str, Any]], float]]:
         """``{metric: {attributes: value}}`` since the last call (a histogram's: its count)."""
         found: dict[str, dict[frozenset[tuple[str, Any]], float]] = {}
+        gauges: set[str] = set()
         data = self.reader.get_metrics_data()
         for resource in data.resource_metrics if data is not None else ():
             for scope in resource.scope_metrics:
                 for metric in scope.metrics:
                     points = found.setdefault(metric.name, {})
+                    if isinstance(metric.data, Gauge):
+                        gauges.add(metric.name)
                     for point in metric.data.data_points:
                         key = frozenset((point.attributes or {}).items())
                         value = getattr(point, "count", None)
                         points[key] = points.get(key, 0) + (
                             value if value is not None else point.value
                         )
-        return {name: {k: v for k, v in points.items() if v} for name, points in found.items()}
+        # A delta counter that saw nothing in the interval may still report 0: left out.
+        return {
+            name: {k: v for k, v in points.items() if v or name in gauges}
+            for name, points in found.items()
+        }
 
     def clear(self) -> None:
         self.exporter.clear()
