@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import insert
@@ -23,6 +24,9 @@ import wsgi_sqla
 from wsgi_sqla import Retry, SessionMiddleware, transaction
 
 from .doubt import Doubt, messages, rows
+
+if TYPE_CHECKING:
+    from telemetry.recorded import Recorded
 
 pytestmark = pytest.mark.parametrize("db_name", ["postgresql", "mariadb"], indirect=True)
 
@@ -94,3 +98,21 @@ def test_thirty_cut_commits_are_thirty_500s_logged_unknown_none_a_success(
     assert statuses == [500] * 30
     assert false_failures == 30, "every cut COMMIT reached the server: every row is committed"
     assert in_doubt_logs == 30
+
+
+def test_commit_in_doubt_is_its_own_outcome_in_the_telemetry(
+    doubt: Doubt, telemetry: Recorded
+) -> None:
+    from telemetry.recorded import attributes, key
+
+    doubt.post(SessionMiddleware(doubt.app, doubt.db))
+
+    [unit] = telemetry.units()
+    assert attributes(unit) == {
+        "wsgi_sqla.owner": "request",
+        "wsgi_sqla.outcome": "in_doubt",
+        "wsgi_sqla.reason": "connection_lost",
+        "http.response.status_code": 201,
+        "error.type": "CommitInDoubtError",
+    }
+    assert telemetry.metrics()["wsgi_sqla.commits.in_doubt"] == {key(): 1}

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 
 import pytest
 from support import missing
-from telemetry.recorded import Recorded, recorded
 
 from harness.clusters import Cluster, Unavailable, mariadb_cluster, postgresql_cluster
 
@@ -66,9 +65,3 @@ def app(cluster: Cluster) -> Iterator[App]:
 def signed_app(cluster: Cluster) -> Iterator[App]:
     with app_over(cluster, secret=SECRET) as built:
         yield built
-
-
-@pytest.fixture
-def telemetry() -> Recorded:
-    """The spans and metrics recorded from here on (the SDK's providers, in memory)."""
-    return recorded()
