@@ -1,11 +1,17 @@
 """Instructions per request of the Flask example with telemetry off, no-op, and recorded.
 
-Run under callgrind twice, with N and 2N requests; the difference of the two
-totals divided by N is the cost of one request, without the interpreter's
-start-up and the warm-up::
+One process serves 100 warm-up requests, then N, then 2N, calling
+``os.getppid()`` between the batches; under callgrind with
+``--dump-before=getppid`` each batch gets its own dump, and the difference
+of the two batches' totals divided by N is the cost of one request, with
+whatever a batch costs once (and the interpreter's start) cancelled::
 
-    valgrind --tool=callgrind --callgrind-out-file=/dev/null \\
+    valgrind --tool=callgrind --dump-before=getppid --callgrind-out-file=cg.out \\
         python -m bench.telemetry {none,noop,sdk} N
+    python -m bench.telemetry report cg.out N
+
+``python -m bench.telemetry time {none,noop,sdk} N`` times nine batches of
+N requests instead, and prints the median microseconds per request.
 
 ``none`` expects the OpenTelemetry API not to be installed (it fails
 otherwise); ``noop`` has the API without providers (its no-op tracer and
@@ -13,14 +19,18 @@ meter); ``sdk`` configures the SDK as an application would: a tracer provider
 with a batch span processor (to an exporter that drops the spans) and a meter
 provider whose reader is never collected. Each request is ``GET /users/1`` of
 ``examples/flask_app.py`` on a fresh SQLite file: a read, so one unit that
-commits one session.
+commits one session. Run it with ``PYTHONHASHSEED=0``.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import statistics
 import sys
 import tempfile
+import time
+from pathlib import Path
 from typing import Any
 
 from werkzeug.test import EnvironBuilder
@@ -51,13 +61,12 @@ def configure(mode: str) -> None:
     metrics.set_meter_provider(MeterProvider(metric_readers=[InMemoryMetricReader()]))
 
 
-def main(mode: str, count: int) -> None:
+def main(mode: str, count: int, timed: bool = False) -> None:
     configure(mode)
     directory = tempfile.mkdtemp()
     os.environ["DATABASE_URL"] = f"sqlite:///{directory}/bench.sqlite3"
     from examples.flask_app import app
     from examples.models import Base, User, engine
-
     from wsgi_sqla import transaction
 
     try:
@@ -76,12 +85,44 @@ def main(mode: str, count: int) -> None:
         assert status.startswith("200"), status
         return None
 
-    for _ in range(100 + count):  # 100 warm-up requests, then the measured ones
-        body = app(dict(environ), start_response)
-        for _chunk in body:
-            pass
-        body.close()  # type: ignore[attr-defined]
+    def serve(times: int) -> None:
+        for _ in range(times):
+            body = app(dict(environ), start_response)
+            for _chunk in body:
+                pass
+            body.close()  # type: ignore[attr-defined]
+
+    serve(100)
+    if timed:
+        batches = []
+        for _ in range(9):
+            started = time.perf_counter()
+            serve(count)
+            batches.append((time.perf_counter() - started) / count)
+        print(f"{statistics.median(batches) * 1e6:.1f}")
+        return
+    os.getppid()  # callgrind dumps its counts at each of these marks
+    serve(count)
+    os.getppid()
+    serve(2 * count)
+    os.getppid()
+
+
+def report(dump: str, count: int) -> None:
+    """Instructions per request from the dumps of one run: (2N batch - N batch) / N."""
+    totals = []
+    for part in (2, 3):
+        text = Path(f"{dump}.{part}").read_text()
+        found = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.MULTILINE)
+        assert found, f"{dump}.{part}: no totals"
+        totals.append(int(found.group(1)))
+    print((totals[1] - totals[0]) // count)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    if sys.argv[1] == "report":
+        report(sys.argv[2], int(sys.argv[3]))
+    elif sys.argv[1] == "time":
+        main(sys.argv[2], int(sys.argv[3]), timed=True)
+    else:
+        main(sys.argv[1], int(sys.argv[2]))

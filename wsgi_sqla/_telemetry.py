@@ -278,9 +278,12 @@ class Tracing:
         """Run one session's ``COMMIT`` or ``ROLLBACK`` (``call``) as a child span, timed."""
         system = _system(session)
         attributes: dict[str, str] = {"db.system.name": system, "db.operation.name": name}
-        context = self._trace.set_span_in_context(record.span)
-        span = self.tracer.start_span(name, context, kind=self._trace.SpanKind.CLIENT)
-        span.set_attributes(attributes)
+        if record.span.is_recording():
+            context = self._trace.set_span_in_context(record.span)
+            span = self.tracer.start_span(name, context, kind=self._trace.SpanKind.CLIENT)
+            span.set_attributes(attributes)
+        else:
+            span = self._trace.INVALID_SPAN  # no tracer provider: the metric only
         started = time.perf_counter()
         try:
             result = call()
@@ -362,23 +365,30 @@ class Tracing:
             reason = "status"
         reason = reason or "exception"
         span = record.span
-        span.set_attribute("wsgi_sqla.owner", owner)
-        span.set_attribute("wsgi_sqla.outcome", outcome)
-        span.set_attribute("wsgi_sqla.reason", reason)
-        if record.status is not None:
-            code = record.status[:3]
-            if code.isdigit():
-                span.set_attribute("http.response.status_code", int(code))
-        if record.attempt is not None:
-            span.set_attribute("wsgi_sqla.attempt", record.attempt)
-        if record.idempotency is not None:
-            span.set_attribute("wsgi_sqla.idempotency", record.idempotency)
-        if route is not None:
-            self._route(span, route)
-        if error is not None:
-            span.set_attribute("error.type", type(error).__qualname__)
-            span.record_exception(error)
-            span.set_status(self._error)
+        where = None
+        if route is not None and route.on_primary:
+            where = "primary" if all(route.on_primary.values()) else "replica"
+            self.routed.add(1, {"wsgi_sqla.route": where})
+        if span.is_recording():
+            span.set_attribute("wsgi_sqla.owner", owner)
+            span.set_attribute("wsgi_sqla.outcome", outcome)
+            span.set_attribute("wsgi_sqla.reason", reason)
+            if record.status is not None:
+                code = record.status[:3]
+                if code.isdigit():
+                    span.set_attribute("http.response.status_code", int(code))
+            if record.attempt is not None:
+                span.set_attribute("wsgi_sqla.attempt", record.attempt)
+            if record.idempotency is not None:
+                span.set_attribute("wsgi_sqla.idempotency", record.idempotency)
+            if where is not None:
+                span.set_attribute("wsgi_sqla.route", where)
+            if route is not None:
+                _token(span, route)
+            if error is not None:
+                span.set_attribute("error.type", type(error).__qualname__)
+                span.record_exception(error)
+                span.set_status(self._error)
         span.end()
         self.units.add(
             1,
@@ -387,16 +397,13 @@ class Tracing:
         if outcome == IN_DOUBT:
             self.in_doubt.add(1)
 
-    def _route(self, span: Any, route: Any) -> None:
-        on_primary: dict[int, bool] = route.on_primary
-        if on_primary:
-            where = "primary" if all(on_primary.values()) else "replica"
-            span.set_attribute("wsgi_sqla.route", where)
-            self.routed.add(1, {"wsgi_sqla.route": where})
-        if route.committed is not None and route.did_commit:
-            span.set_attribute("wsgi_sqla.token", "issued")
-        elif route.token is not None:
-            span.set_attribute("wsgi_sqla.token", "dropped" if route.token_drop else "kept")
+
+def _token(span: Any, route: Any) -> None:
+    """What became of the client's position token: issued, kept or dropped."""
+    if route.committed is not None and route.did_commit:
+        span.set_attribute("wsgi_sqla.token", "issued")
+    elif route.token is not None:
+        span.set_attribute("wsgi_sqla.token", "dropped" if route.token_drop else "kept")
 
 
 def _load() -> Tracing | None:
