@@ -113,6 +113,12 @@ class UnitRegistry(ScopedRegistry[Session]):
             raise RuntimeError("wsgi_sqla: a request's session was used outside its request")
         return self.registry.setdefault(unit, self._make(self.app()))
 
+    def close_all(self) -> None:
+        """Close and forget every session, whatever its unit (the end of an isolated test)."""
+        sessions, self.registry = list(self.registry.values()), {}
+        for session in sessions:
+            session.close()
+
     def has(self) -> bool:
         return current.get() in self.registry
 
