@@ -187,6 +187,7 @@ def _adopt(db: SQLAlchemy) -> tuple[scoped_session[Any], UnitRegistry]:
     def teardown(exc: BaseException | None) -> None:
         if running(unit_session) is None:
             original_teardown(exc)
+            registry.close_left_behind()
 
     scoped.commit = commit  # type: ignore[method-assign]
     db._teardown_session = teardown  # type: ignore[method-assign]
