@@ -113,6 +113,28 @@ class UnitRegistry(ScopedRegistry[Session]):
             raise RuntimeError("wsgi_sqla: a request's session was used outside its request")
         return self.registry.setdefault(unit, self._make(self.app()))
 
+    def close_left_behind(self) -> None:
+        """Close the session the thread's last request left here (its unit is over).
+
+        Called when an application context ends outside any unit: Flask's
+        test client keeps the last request's context pushed in a ``with
+        client:`` block and pops it at the block's end, after the test body
+        may have used that request's objects again (a lazy load begins a
+        transaction); that transaction is rolled back here, as
+        Flask-SQLAlchemy's own teardown would have done.
+        """
+        request: tuple[Any, Flask, bool] | None = getattr(self._requests, "request", None)
+        if request is not None and current.get() is None:
+            left = self.registry.pop(request[0], None)
+            if left is not None:
+                left.close()
+
+    def close_all(self) -> None:
+        """Close and forget every session, whatever its unit (the end of an isolated test)."""
+        sessions, self.registry = list(self.registry.values()), {}
+        for session in sessions:
+            session.close()
+
     def has(self) -> bool:
         return current.get() in self.registry
 

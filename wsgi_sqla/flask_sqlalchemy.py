@@ -41,22 +41,22 @@ applications share ``db`` (the app-factory pattern in test suites):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import contextlib
+from collections.abc import Iterator
+from typing import Any
 
 from flask import Flask, current_app, has_app_context
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import event
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.orm import Session, scoped_session
 from sqlalchemy.util import ScopedRegistry
 
-from ._context import current
+from ._context import current, quiet_leftovers
 from ._flask import ExplicitCommitError, UnitRegistry, ViewApp, refuse_commit, running, unit_scoped
 from ._middleware import SessionMiddleware
+from .testing import Isolation, outer_transaction, restore
 
-if TYPE_CHECKING:
-    pass
-
-__all__ = ["ExplicitCommitError", "init_app"]
+__all__ = ["ExplicitCommitError", "init_app", "isolated"]
 
 #: ``db`` attribute holding the request-scoped session and registry the adapter made for it.
 _ADOPTED = "_wsgi_sqla_adopted"
@@ -113,6 +113,54 @@ def init_app(
     return middleware
 
 
+@contextlib.contextmanager
+def isolated(app: Flask, db: SQLAlchemy) -> Iterator[Isolation]:
+    """Run a block with ``app``'s engines replaced by connections in outer transactions.
+
+    :func:`wsgi_sqla.testing.isolated` for a Flask-SQLAlchemy application
+    (its sessions choose their engine from ``db.engines``, so they are
+    isolated per application rather than per session): for the block, each
+    engine of ``app`` in ``db.engines`` is one connection inside an outer
+    transaction, and every session of ``db`` (the requests' and the app
+    contexts') joins it in a SAVEPOINT. Commits, the middleware's and
+    explicit ones, release a savepoint and are visible to later code in the
+    block; when the block ends the outer transactions are rolled back and
+    the engines restored. A request's session left behind by Flask's test
+    client is closed without a warning. For the pytest plugin, override its
+    fixture in ``conftest.py``::
+
+        @pytest.fixture
+        def wsgi_sqla_db(app):
+            with wsgi_sqla.flask_sqlalchemy.isolated(app, db) as isolation:
+                yield isolation
+
+    Not covered, as for :func:`wsgi_sqla.testing.isolated`: other threads,
+    connections the code opens itself, and DDL on MariaDB/MySQL.
+
+    :raises RuntimeError: when ``db.init_app(app)`` has not run.
+    """
+    engines: dict[Any, Any] | None = db._app_engines.get(app)
+    if engines is None:
+        raise RuntimeError(
+            "wsgi_sqla.flask_sqlalchemy.isolated(): call db.init_app(app) first; "
+            "the app has no engines yet"
+        )
+    unit_session, registry = _adopt(db)
+    factory = unit_session.session_factory
+    with contextlib.ExitStack() as stack:
+        connections: dict[Engine, Connection] = {}
+        for engine in set(engines.values()):
+            connections[engine] = stack.enter_context(outer_transaction(engine))
+        stack.callback(engines.update, dict(engines))
+        engines.update({key: connections[engine] for key, engine in engines.items()})
+        stack.callback(restore, factory, dict(factory.kw))
+        factory.configure(join_transaction_mode="create_savepoint")
+        token = quiet_leftovers.set(True)
+        stack.callback(quiet_leftovers.reset, token)
+        stack.callback(registry.close_all)  # first at exit: before the outer rollback
+        yield Isolation(connections)
+
+
 def _adopt(db: SQLAlchemy) -> tuple[scoped_session[Any], UnitRegistry]:
     """Patch ``db`` once for every application: return the unit-scoped session and registry."""
     adopted: tuple[scoped_session[Any], UnitRegistry] | None = getattr(db, _ADOPTED, None)
@@ -139,6 +187,7 @@ def _adopt(db: SQLAlchemy) -> tuple[scoped_session[Any], UnitRegistry]:
     def teardown(exc: BaseException | None) -> None:
         if running(unit_session) is None:
             original_teardown(exc)
+            registry.close_left_behind()
 
     scoped.commit = commit  # type: ignore[method-assign]
     db._teardown_session = teardown  # type: ignore[method-assign]

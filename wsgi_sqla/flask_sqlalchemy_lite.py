@@ -87,6 +87,7 @@ def init_app(
         **options,
     )
     app.wsgi_app = middleware  # type: ignore[method-assign]
+    app.teardown_appcontext(adopted.teardown)
     return middleware
 
 
@@ -133,6 +134,13 @@ class _Adopted:
         if self.registry.refuses_commits():
             session.commit = _refusing(session.commit)  # type: ignore[method-assign]
         return session
+
+    def teardown(self, exc: BaseException | None) -> None:
+        """An app context ended: outside a unit, close what the thread's last request left."""
+        for scoped in self.named.values():
+            registry = scoped.registry
+            if isinstance(registry, UnitRegistry):
+                registry.close_left_behind()
 
     def get_session(self, name: str = "default") -> Session:
         """``db.get_session``: the unit's session inside a request, Lite's own outside."""

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     import sqlite3
 
 __all__ = ["Isolation", "RoundTrips", "count_round_trips", "isolated", "reset_schema"]
+# outer_transaction() and restore() are also used by wsgi_sqla.flask_sqlalchemy.isolated().
 
 # sqlite3.LEGACY_TRANSACTION_CONTROL (Python 3.12+); older drivers have no
 # ``autocommit`` attribute and always behave this way.
@@ -140,8 +141,8 @@ def isolated(*sessions: scoped_session[Any]) -> Iterator[Isolation]:
     with contextlib.ExitStack() as stack:
         connections: dict[Engine, Connection] = {}
         for engine, factory in factories.items():
-            connections[engine] = stack.enter_context(_outer_transaction(engine))
-            stack.callback(_restore, factory, dict(factory.kw))
+            connections[engine] = stack.enter_context(outer_transaction(engine))
+            stack.callback(restore, factory, dict(factory.kw))
             factory.configure(bind=connections[engine], join_transaction_mode="create_savepoint")
         token = quiet_leftovers.set(True)
         stack.callback(quiet_leftovers.reset, token)
@@ -181,13 +182,13 @@ def _factories_by_engine(
     return factories
 
 
-def _restore(factory: sessionmaker[Any], saved: dict[str, Any]) -> None:
+def restore(factory: sessionmaker[Any], saved: dict[str, Any]) -> None:
     factory.kw.clear()
     factory.kw.update(saved)
 
 
 @contextlib.contextmanager
-def _outer_transaction(engine: Engine) -> Iterator[Connection]:
+def outer_transaction(engine: Engine) -> Iterator[Connection]:
     """One connection of ``engine`` inside a transaction that is always rolled back."""
     with engine.connect() as connection:
         restore_driver = _sqlite_begin_workaround(connection)

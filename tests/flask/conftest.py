@@ -15,6 +15,9 @@ import pytest
 from fsa_support import FsaModels, LiteModels, make_app, make_lite_app, sqlalchemy_uri
 from sqlalchemy import Engine
 
+#: Flask-SQLAlchemy's flaskr example runs in a pytest of its own (test_vendored_flaskr.py).
+collect_ignore = ["vendored_flaskr"]
+
 
 @pytest.fixture
 def fsa() -> FsaModels:

@@ -380,3 +380,19 @@ def test_two_posts_without_closing_the_first_response_warn_nothing_and_keep_noth
     assert probe.names() == ["ann", "bob"]
     sessions_kept = fsa.db._wsgi_sqla_adopted[1].registry  # type: ignore[attr-defined]
     assert len(sessions_kept) <= 1, "the first request's session was closed by the second"
+
+
+def test_the_end_of_a_with_client_block_closes_what_the_test_reopened_on_the_request_session(
+    app: flask.Flask, fsa: FsaModels
+) -> None:
+    @app.post("/remember/<name>")
+    def remember(name: str) -> tuple[str, int]:
+        flask.g.user = fsa.User(name=name)
+        fsa.db.session.add(flask.g.user)
+        return "ok", 201
+
+    with app.test_client() as client:
+        client.post("/remember/ann")
+        assert flask.g.user.name == "ann"  # expired by the commit: reloaded, in a transaction
+    with app.app_context():
+        assert fsa.db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
