@@ -33,6 +33,7 @@ from support import (
     make_engine,
     serve,
 )
+from telemetry.recorded import Recorded, recorded
 
 SERVER_TESTS = Path(__file__).resolve().parent / "server"
 
@@ -112,3 +113,9 @@ def probe(engine: Engine) -> Probe:
 def fake_server(probe: Probe) -> FakeServer:
     """:func:`support.serve`, recording the committed user names when a status arrives."""
     return functools.partial(serve, on_start_response=probe.names)
+
+
+@pytest.fixture
+def telemetry() -> Recorded:
+    """The spans and metrics recorded from here on (the SDK's providers, in memory)."""
+    return recorded()

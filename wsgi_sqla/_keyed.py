@@ -44,6 +44,7 @@ from ._in_doubt import resolve_by
 from ._input import refuse
 from ._request import RequestUnit
 from ._retry import _buffer_body, _TruncatedBody
+from ._telemetry import idempotency
 from ._unit import UnitOfWork
 
 if TYPE_CHECKING:
@@ -234,10 +235,13 @@ def serve_keyed(
     claim = store.claim(scope, key, printed)
     if claim.token is None:
         if claim.fingerprint != printed:
+            idempotency("conflict")
             return problem(start_response, MISMATCH)
         stored = claim.response
         if stored is None:
+            idempotency("conflict")
             return problem(start_response, IN_PROGRESS)
+        idempotency("replayed")
         if stored.body is None:
             return problem(start_response, NOT_STORED, status=stored.status)
         start_response(stored.status, [*stored.headers, REPLAYED_HEADER])
@@ -319,6 +323,7 @@ class KeyedRun:
             seen[:] = [(status, headers)]
             return chunks.append
 
+        idempotency("executed")
         result = self.middleware.app(environ, capture)
         try:
             chunks.extend(result)

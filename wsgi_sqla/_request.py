@@ -19,7 +19,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._errors import record
-from ._http import default_commit_veto
 from ._in_doubt import NotCommittedError
 from ._input import (
     REFUSED_BODY,
@@ -31,7 +30,7 @@ from ._input import (
     watch_input,
 )
 from ._rejected import CommitInDoubtError, RejectedWorkError
-from ._telemetry import facts, tracing, unit_facts
+from ._telemetry import default_veto, facts, tracing, unit_facts
 from ._unit import UnitOfWork, current
 
 if TYPE_CHECKING:
@@ -270,7 +269,7 @@ class RequestUnit:
         assert status is not None
         unit = self.unit
         if tracing is not None:
-            tracing.responded(unit._trace, status, self._middleware.commit_veto)
+            tracing.responded(unit._trace, status, self._middleware)
         try:
             commit, reason = unit.decide(
                 partial(self._middleware.commit_veto, self._environ, status, self._headers)
@@ -308,11 +307,11 @@ class RequestUnit:
             outcome = "committed" if commit and whole else "rolled_back"
             if not whole:
                 reason = "removed"
-            elif reason == "veto" and self._middleware.commit_veto is default_commit_veto:
+            elif reason == "veto" and default_veto(self._middleware):
                 reason = "status"
             logger.debug(
                 "%s %s (%s): %s",
-                outcome,
+                outcome.replace("_", " "),
                 self._environ.get("PATH_INFO"),
                 reason,
                 status,

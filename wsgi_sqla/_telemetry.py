@@ -33,8 +33,10 @@ the unit span:
   statement ran) and ``wsgi_sqla.token`` (``kept``, ``dropped`` or
   ``issued``, when the client carried a position token or got one);
 * with retries: ``wsgi_sqla.attempt``, 1 for the first run;
-* with idempotency keys: ``wsgi_sqla.idempotency``, ``executed``,
-  ``replayed`` or ``conflict``;
+* with idempotency keys: ``wsgi_sqla.idempotency = executed`` on the unit
+  that runs a keyed request (a repeat answered from its record, and a key
+  refused as in progress or reused with another body, run no unit: the
+  metric counts them as ``replayed`` and ``conflict``);
 * ``error.type``: the exception's class, when one ended the unit; it is
   also recorded as an event, and the span's status is ERROR.
 
@@ -53,7 +55,7 @@ Metrics (meter ``wsgi_sqla``):
   measured by the lag monitor, by ``wsgi_sqla.replica`` (its URL, password
   hidden); a replica not replicating at all is left out (its log says so);
 * ``wsgi_sqla.idempotency`` (counter): keyed requests by
-  ``wsgi_sqla.idempotency``.
+  ``wsgi_sqla.idempotency``: ``executed``, ``replayed``, ``conflict``.
 
 Log fields. Every decision and failure record of the ``wsgi_sqla`` logger
 carries ``outcome``, ``reason``, ``owner``, ``status`` and ``duration`` (the
@@ -84,6 +86,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Record",
     "Tracing",
+    "default_veto",
     "facts",
     "failed",
     "idempotency",
@@ -127,6 +130,15 @@ def facts(
 def owner_of(unit: UnitOfWork) -> str:
     """Who runs ``unit``: ``"request"`` unless ``unit_of_work()`` said otherwise."""
     return getattr(unit, "_owner", "request")
+
+
+def default_veto(runs: object) -> bool:
+    """Whether the request run by ``runs`` (a middleware, or its keyed run) has the default veto.
+
+    Then a veto's decision is reported as the ``status`` reason.
+    """
+    middleware = getattr(runs, "middleware", runs)
+    return getattr(middleware, "commit_veto", None) is default_commit_veto
 
 
 def unit_facts(
@@ -261,10 +273,10 @@ class Tracing:
         """The unit is a request's: the attempt number a retrying middleware gave it."""
         record.attempt = environ.get("wsgi_sqla.attempt")
 
-    def responded(self, record: Record, status: str, veto: object) -> None:
-        """The request's application chose ``status``, which ``veto`` judges."""
+    def responded(self, record: Record, status: str, runs: object) -> None:
+        """The request's application chose ``status``, which ``runs``' veto judges."""
         record.status = status
-        record.default_veto = veto is default_commit_veto
+        record.default_veto = default_veto(runs)
 
     def decided(self, record: Record, commit: bool, reason: str) -> None:
         """The owner's rule (or a forced outcome) decided to ``commit`` or not, for ``reason``."""

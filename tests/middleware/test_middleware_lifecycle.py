@@ -207,8 +207,8 @@ def test_decision_and_reason_are_logged_at_debug(
         fake_server(SessionMiddleware(app, session), path="/raise")
     messages = [r.getMessage() for r in caplog.records if r.name == "wsgi_sqla"]
     assert messages == [
-        "committed /201-Created (not vetoed): 201 Created",
-        "rolled back /404-Not-Found (vetoed): 404 Not Found",
+        "committed /201-Created (status): 201 Created",
+        "rolled back /404-Not-Found (status): 404 Not Found",
         "rolled back /raise (the application raised)",
         "GET /raise failed; answered 500, the exception is raised again from close()",
     ]

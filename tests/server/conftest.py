@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
-from telemetry.recorded import Recorded, recorded
 
 from .doubt import Doubt, doubt_over
 from .support import Serve, servers
@@ -25,9 +24,3 @@ def doubt(engine: Engine) -> Iterator[Doubt]:
     """The application reaching ``engine``'s database through a COMMIT-cutting proxy."""
     with doubt_over(engine) as made:
         yield made
-
-
-@pytest.fixture
-def telemetry() -> Recorded:
-    """The spans and metrics recorded from here on (the SDK's providers, in memory)."""
-    return recorded()

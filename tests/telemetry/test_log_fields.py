@@ -48,7 +48,7 @@ def test_decision_record_carries_outcome_reason_owner_status_and_duration(
     [record] = logged(caplog, logging.DEBUG)
     duration = record.pop("duration")
     assert record == {
-        "message": f"{outcome} / (status): {status}",
+        "message": f"{outcome.replace('_', ' ')} / (status): {status}",
         "outcome": outcome,
         "reason": "status",
         "owner": "request",
