@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from celery import _state as celery_state
 from sqlalchemy import Engine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,10 +104,17 @@ def run(blocks: list[Block], page: str) -> None:
     module = types.ModuleType("docs_example")
     sys.modules[module.__name__] = module
     namespace = module.__dict__
+    # ``@app.task`` shares its task with every Celery app finalized later, through a
+    # process-wide list: left there, an example's tasks would join the test suite's apps
+    # (twice, as each example runs twice: Celery's DuplicateTaskNameWarning).
+    shared_tasks = set(celery_state._on_app_finalizers)
+    current_app = celery_state.get_current_app()
     try:
         for block in blocks:
             exec(compile(block.code, f"{page}:{block.line + 1}", "exec"), namespace)
     finally:
+        celery_state._on_app_finalizers.intersection_update(shared_tasks)
+        celery_state._set_current_app(current_app)
         del sys.modules[module.__name__]
         for value in namespace.values():
             if isinstance(value, Engine):

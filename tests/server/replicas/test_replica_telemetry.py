@@ -14,11 +14,11 @@ from typing import Any
 import webtest  # type: ignore[import-untyped]
 from telemetry.recorded import Recorded, attributes, key
 
+from harness.clusters import Cluster
 from wsgi_sqla import POSITION_COOKIE
 
 from ..support import until
 from .checks import app_over
-from .cluster import Cluster
 from .replica_app import App
 
 
