@@ -29,7 +29,9 @@ however many applications share ``db``.
 
 from __future__ import annotations
 
+import os
 import sys
+from types import FrameType
 from typing import Any
 
 from flask import Flask
@@ -158,7 +160,7 @@ def _refusing(commit: Any) -> Any:
     """``commit`` for the unit's own decision; an :class:`ExplicitCommitError` for anyone else."""
 
     def guarded() -> None:
-        if sys._getframe(1).f_code is not _UNIT_COMMIT:
+        if not _called_by_the_unit(sys._getframe(1)):
             refuse_commit(1)
         commit()
 
@@ -166,3 +168,13 @@ def _refusing(commit: Any) -> Any:
 
 
 _UNIT_COMMIT = UnitOfWork.commit.__code__
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _called_by_the_unit(frame: FrameType | None) -> bool:
+    """Whether ``frame`` is the unit's commit, or package code it called (telemetry's span)."""
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        if frame.f_code is _UNIT_COMMIT:
+            return True
+        frame = frame.f_back
+    return False
