@@ -107,7 +107,9 @@ def init_app(
         if teardown == db.__class__._teardown_session.__get__(db):  # db.init_app ran first
             app.teardown_appcontext_funcs[index] = db._teardown_session
     middleware = SessionMiddleware(
-        ViewApp(app.wsgi_app, app, registry, refuse_commits), unit_session, **middleware_options
+        ViewApp(app.wsgi_app, app, registry.enter, refuse_commits),
+        unit_session,
+        **middleware_options,
     )
     app.wsgi_app = middleware  # type: ignore[method-assign]
     return middleware

@@ -82,7 +82,7 @@ def init_app(
         )
     adopted = _adopt(db)
     middleware = SessionMiddleware(
-        ViewApp(app.wsgi_app, app, adopted.registry, refuse_commits),
+        ViewApp(app.wsgi_app, app, adopted.enter, refuse_commits),
         adopted.default,
         **options,
     )
@@ -118,8 +118,11 @@ class _Adopted:
         """The unit-scoped session called ``name`` (made at its first use)."""
         scoped = self.named.get(name)
         if scoped is None:
-            scoped, _registry = unit_scoped(sessionmaker(), self.make)
+            scoped, registry = unit_scoped(sessionmaker(), self.make)
             scoped = self.named.setdefault(name, scoped)
+            app = self.registry.app() if name != "default" else None
+            if app is not None:  # first used inside a request: it runs on this thread
+                registry.enter(app, self.registry.refuses_commits())
         return scoped
 
     def make(self, app: Flask | None) -> Session:
@@ -134,6 +137,13 @@ class _Adopted:
         if self.registry.refuses_commits():
             session.commit = _refusing(session.commit)  # type: ignore[method-assign]
         return session
+
+    def enter(self, app: Flask, refuse_commits: bool) -> None:
+        """A request of ``app`` starts on this thread: tell every session name's registry."""
+        for scoped in tuple(self.named.values()):
+            registry = scoped.registry
+            if isinstance(registry, UnitRegistry):
+                registry.enter(app, refuse_commits)
 
     def teardown(self, exc: BaseException | None) -> None:
         """An app context ended: outside a unit, close what the thread's last request left."""

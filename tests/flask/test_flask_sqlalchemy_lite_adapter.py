@@ -13,6 +13,7 @@ from pathlib import Path
 
 import flask
 import pytest
+import sqlalchemy
 from fsa_support import LiteModels, body_streaming, make_lite_app
 from support import Probe, serve
 
@@ -159,3 +160,20 @@ def test_two_posts_without_closing_the_first_response_warn_nothing(
     assert client.post("/users/ann").status_code == 201
     assert client.post("/users/bob").status_code == 201
     assert probe.names() == ["ann", "bob"]
+
+
+def test_the_end_of_a_with_client_block_closes_what_a_named_session_reopened(
+    lite_app: flask.Flask, lite: LiteModels
+) -> None:
+    @lite_app.post("/remember/<name>")
+    def remember(name: str) -> tuple[str, int]:
+        flask.g.user = lite.User(name=name)
+        lite.db.get_session("audit").add(flask.g.user)
+        return "ok", 201
+
+    with lite_app.test_client() as client:
+        client.post("/remember/ann")
+        request_session = sqlalchemy.inspect(flask.g.user).session
+        request_session.execute(sqlalchemy.text("SELECT 1"))  # the test reopens a transaction
+    with lite_app.app_context():
+        assert lite.db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
