@@ -54,6 +54,7 @@ from sqlalchemy.util import ScopedRegistry
 from ._context import current, quiet_leftovers
 from ._flask import ExplicitCommitError, UnitRegistry, ViewApp, refuse_commit, running, unit_scoped
 from ._middleware import SessionMiddleware
+from ._owners import own_engine
 from .testing import Isolation, outer_transaction, restore
 
 __all__ = ["ExplicitCommitError", "init_app", "isolated"]
@@ -106,6 +107,8 @@ def init_app(
     for index, teardown in enumerate(app.teardown_appcontext_funcs):
         if teardown == db.__class__._teardown_session.__get__(db):  # db.init_app ran first
             app.teardown_appcontext_funcs[index] = db._teardown_session
+    for engine in db._app_engines.get(app, {}).values():  # db.init_app ran first
+        own_engine(engine)
     middleware = SessionMiddleware(
         ViewApp(app.wsgi_app, app, registry.enter, refuse_commits),
         unit_session,
@@ -191,8 +194,14 @@ def _adopt(db: SQLAlchemy) -> tuple[scoped_session[Any], UnitRegistry]:
             original_teardown(exc)
             registry.close_left_behind()
 
+    original_make_engine = db._make_engine
+
+    def make_engine(bind_key: str | None, options: dict[str, Any], app: Flask) -> Engine:
+        return own_engine(original_make_engine(bind_key, options, app))
+
     scoped.commit = commit  # type: ignore[method-assign]
     db._teardown_session = teardown  # type: ignore[method-assign]
+    db._make_engine = make_engine  # type: ignore[method-assign]
     setattr(db, _ADOPTED, (unit_session, registry))
     return unit_session, registry
 
