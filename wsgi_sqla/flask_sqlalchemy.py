@@ -16,9 +16,10 @@ and makes ``db.session``, inside each request, the session of that
 request's unit of work: from its first use until the middleware has
 committed (status below 400) or rolled back, and the response is closed,
 streaming included. Models, ``Model.query``, ``db.paginate``,
-``db.get_or_404`` and ``SQLALCHEMY_BINDS`` keep working; several binds are
-committed by the package's multi-session rules (all flushed, then committed
-in turn).
+``db.get_or_404`` and ``SQLALCHEMY_BINDS`` keep working. With several
+binds the request's one session is flushed as a whole before anything is
+committed, then SQLAlchemy commits its connections one after the other
+(there is no two-phase commit across databases).
 
 Outside requests (``flask shell``, CLI commands, app contexts pushed by
 tests) ``db.session`` is Flask-SQLAlchemy's own, scoped to the application
