@@ -16,6 +16,7 @@ the helper the package offers its users and the benchmark uses too.
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any, Literal, NoReturn
 import pytest
 from sqlalchemy import (
     Column,
+    Connection,
     Engine,
     ForeignKey,
     Integer,
@@ -54,7 +56,11 @@ __all__ = [
     "Probe",
     "Style",
     "answering",
+    "backend",
+    "backend_query",
     "database_url",
+    "in_child",
+    "libc_fork",
     "live_requested",
     "make_engine",
     "missing",
@@ -377,3 +383,44 @@ class ClosingBody:
 
     def close(self) -> None:
         self.closes += 1
+
+
+# -- forks: which connection a child process gets ------------------------------------------
+
+
+def backend_query(engine: Engine | Connection) -> str:
+    """The statement that names the server-side id of the connection it runs on."""
+    if engine.dialect.name == "postgresql":
+        return "SELECT pg_backend_pid()"
+    return "SELECT CONNECTION_ID()"
+
+
+def backend(engine: Engine) -> int:
+    """The server-side id of the connection the pool hands out."""
+    with engine.connect() as connection:
+        return int(connection.execute(text(backend_query(engine))).scalar_one())
+
+
+def libc_fork() -> int:
+    """fork(2) through libc, as uWSGI forks its workers: no ``register_at_fork`` hook runs."""
+    return int(ctypes.CDLL(None, use_errno=True).fork())
+
+
+def in_child(work: Callable[[], int], fork: Callable[[], int] = os.fork) -> int:
+    """Run ``work`` in a child forked by ``fork`` and return its result."""
+    read_end, write_end = os.pipe()
+    pid = fork()
+    if pid == 0:  # the child: report, and leave without running any cleanup
+        code = 1
+        try:
+            os.write(write_end, str(work()).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    assert pid > 0, "fork failed"
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        answer = reader.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, answer
+    return int(answer)

@@ -155,22 +155,26 @@ def unit_scoped(
 
 
 class ViewApp:
-    """Flask's own ``wsgi_app``, run after telling the unit registry which application it is."""
+    """Flask's own ``wsgi_app``, run after telling the unit registries which application it is.
 
-    __slots__ = ("app", "refuse_commits", "registry", "wsgi_app")
+    ``enter(app, refuse_commits)`` is :meth:`UnitRegistry.enter` (or calls it
+    for each registry of an adapter that has several).
+    """
+
+    __slots__ = ("app", "enter", "refuse_commits", "wsgi_app")
 
     def __init__(
         self,
         wsgi_app: Callable[..., Iterable[bytes]],
         app: Flask,
-        registry: UnitRegistry,
+        enter: Callable[[Flask, bool], None],
         refuse_commits: bool,
     ) -> None:
         self.wsgi_app = wsgi_app
         self.app = app
-        self.registry = registry
+        self.enter = enter
         self.refuse_commits = refuse_commits
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        self.registry.enter(self.app, self.refuse_commits)
+        self.enter(self.app, self.refuse_commits)
         return self.wsgi_app(environ, start_response)

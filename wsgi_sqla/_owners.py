@@ -24,6 +24,7 @@ __all__ = [
     "REMOVED_KEYWORDS",
     "check_seconds",
     "check_sessions",
+    "own_engine",
     "own_sessions",
     "refuse_removed",
 ]
@@ -106,9 +107,19 @@ def own_sessions(
         binds: dict[Any, Any] = kw.get("binds") or {}
         for bind in (kw.get("bind"), *binds.values()):
             if isinstance(bind, Engine):
-                fork_safe(bind)
-                explain_pooler_failures(bind)
+                own_engine(bind)
     return checked
+
+
+def own_engine(engine: Engine) -> Engine:
+    """What the package does once with an engine it was given: fork safety, pooler help.
+
+    For engines a framework makes per application (the Flask adapters), which
+    no ``sessionmaker`` of the package's owners is bound to.
+    """
+    fork_safe(engine)
+    explain_pooler_failures(engine)
+    return engine
 
 
 #: Keywords removed before 1.0, with what to write instead.

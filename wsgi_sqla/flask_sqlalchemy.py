@@ -16,9 +16,10 @@ and makes ``db.session``, inside each request, the session of that
 request's unit of work: from its first use until the middleware has
 committed (status below 400) or rolled back, and the response is closed,
 streaming included. Models, ``Model.query``, ``db.paginate``,
-``db.get_or_404`` and ``SQLALCHEMY_BINDS`` keep working; several binds are
-committed by the package's multi-session rules (all flushed, then committed
-in turn).
+``db.get_or_404`` and ``SQLALCHEMY_BINDS`` keep working. With several
+binds the request's one session is flushed as a whole before anything is
+committed, then SQLAlchemy commits its connections one after the other
+(there is no two-phase commit across databases).
 
 Outside requests (``flask shell``, CLI commands, app contexts pushed by
 tests) ``db.session`` is Flask-SQLAlchemy's own, scoped to the application
@@ -54,6 +55,7 @@ from sqlalchemy.util import ScopedRegistry
 from ._context import current, quiet_leftovers
 from ._flask import ExplicitCommitError, UnitRegistry, ViewApp, refuse_commit, running, unit_scoped
 from ._middleware import SessionMiddleware
+from ._owners import own_engine
 from .testing import Isolation, outer_transaction, restore
 
 __all__ = ["ExplicitCommitError", "init_app", "isolated"]
@@ -106,8 +108,12 @@ def init_app(
     for index, teardown in enumerate(app.teardown_appcontext_funcs):
         if teardown == db.__class__._teardown_session.__get__(db):  # db.init_app ran first
             app.teardown_appcontext_funcs[index] = db._teardown_session
+    for engine in db._app_engines.get(app, {}).values():  # db.init_app ran first
+        own_engine(engine)
     middleware = SessionMiddleware(
-        ViewApp(app.wsgi_app, app, registry, refuse_commits), unit_session, **middleware_options
+        ViewApp(app.wsgi_app, app, registry.enter, refuse_commits),
+        unit_session,
+        **middleware_options,
     )
     app.wsgi_app = middleware  # type: ignore[method-assign]
     return middleware
@@ -189,8 +195,14 @@ def _adopt(db: SQLAlchemy) -> tuple[scoped_session[Any], UnitRegistry]:
             original_teardown(exc)
             registry.close_left_behind()
 
+    original_make_engine = db._make_engine
+
+    def make_engine(bind_key: str | None, options: dict[str, Any], app: Flask) -> Engine:
+        return own_engine(original_make_engine(bind_key, options, app))
+
     scoped.commit = commit  # type: ignore[method-assign]
     db._teardown_session = teardown  # type: ignore[method-assign]
+    db._make_engine = make_engine  # type: ignore[method-assign]
     setattr(db, _ADOPTED, (unit_session, registry))
     return unit_session, registry
 

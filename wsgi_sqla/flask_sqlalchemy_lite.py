@@ -29,7 +29,6 @@ however many applications share ``db``.
 
 from __future__ import annotations
 
-import os
 import sys
 from types import FrameType
 from typing import Any
@@ -40,6 +39,7 @@ from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 from ._flask import ExplicitCommitError, UnitRegistry, ViewApp, refuse_commit, running, unit_scoped
 from ._middleware import SessionMiddleware
+from ._owners import own_engine
 from ._rejected import watch
 from ._unit import UnitOfWork
 
@@ -83,8 +83,9 @@ def init_app(
             f"flask_sqlalchemy_lite.SQLAlchemy, got {db!r}"
         )
     adopted = _adopt(db)
+    adopted.own_engines(app)
     middleware = SessionMiddleware(
-        ViewApp(app.wsgi_app, app, adopted.registry, refuse_commits),
+        ViewApp(app.wsgi_app, app, adopted.enter, refuse_commits),
         adopted.default,
         **options,
     )
@@ -99,6 +100,7 @@ def _adopt(db: SQLAlchemy) -> _Adopted:
         adopted = _Adopted(db)
         setattr(db, _ADOPTED, adopted)
         db.get_session = adopted.get_session  # type: ignore[method-assign]
+        db.init_app = adopted.init_app  # type: ignore[method-assign,assignment]
     return adopted
 
 
@@ -108,6 +110,7 @@ class _Adopted:
     def __init__(self, db: SQLAlchemy) -> None:
         self.db = db
         self.original_get_session = db.get_session
+        self.original_init_app = db.init_app
         self.named: dict[str, scoped_session[Any]] = {}
         self.watched: set[int] = set()
         self.default = self.scoped("default")
@@ -120,8 +123,11 @@ class _Adopted:
         """The unit-scoped session called ``name`` (made at its first use)."""
         scoped = self.named.get(name)
         if scoped is None:
-            scoped, _registry = unit_scoped(sessionmaker(), self.make)
+            scoped, registry = unit_scoped(sessionmaker(), self.make)
             scoped = self.named.setdefault(name, scoped)
+            app = self.registry.app() if name != "default" else None
+            if app is not None:  # first used inside a request: it runs on this thread
+                registry.enter(app, self.registry.refuses_commits())
         return scoped
 
     def make(self, app: Flask | None) -> Session:
@@ -136,6 +142,25 @@ class _Adopted:
         if self.registry.refuses_commits():
             session.commit = _refusing(session.commit)  # type: ignore[method-assign]
         return session
+
+    def init_app(self, app: Flask) -> None:
+        """``db.init_app``, then the package takes on the engines it made (fork safety)."""
+        self.original_init_app(app)
+        self.own_engines(app)
+
+    def own_engines(self, app: Flask) -> None:
+        """Make ``app``'s engines fork safe, if ``db.init_app(app)`` made them already."""
+        state = self.db._app_state.get(app)
+        if state is not None:
+            for engine in state.engines.values():
+                own_engine(engine)
+
+    def enter(self, app: Flask, refuse_commits: bool) -> None:
+        """A request of ``app`` starts on this thread: tell every session name's registry."""
+        for scoped in tuple(self.named.values()):
+            registry = scoped.registry
+            if isinstance(registry, UnitRegistry):
+                registry.enter(app, refuse_commits)
 
     def teardown(self, exc: BaseException | None) -> None:
         """An app context ended: outside a unit, close what the thread's last request left."""
@@ -160,7 +185,7 @@ def _refusing(commit: Any) -> Any:
     """``commit`` for the unit's own decision; an :class:`ExplicitCommitError` for anyone else."""
 
     def guarded() -> None:
-        if not _called_by_the_unit(sys._getframe(1)):
+        if not _from_the_unit(sys._getframe(1)):
             refuse_commit(1)
         commit()
 
@@ -168,12 +193,13 @@ def _refusing(commit: Any) -> Any:
 
 
 _UNIT_COMMIT = UnitOfWork.commit.__code__
-_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
-def _called_by_the_unit(frame: FrameType | None) -> bool:
-    """Whether ``frame`` is the unit's commit, or package code it called (telemetry's span)."""
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+def _from_the_unit(frame: FrameType | None) -> bool:
+    """Whether the commit was called by the unit's own decision (a few frames up, at most)."""
+    for _ in range(8):  # the unit's commit, through its telemetry wrapper when that is on
+        if frame is None:
+            return False
         if frame.f_code is _UNIT_COMMIT:
             return True
         frame = frame.f_back

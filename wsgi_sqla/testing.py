@@ -166,7 +166,8 @@ def _factories_by_engine(
             raise TypeError(
                 f"isolated(): the sessionmaker of session argument {index} must be bound to "
                 f"an Engine, got bind={bind!r}; create it with sessionmaker(bind=engine) or "
-                "call db.configure(bind=engine) first"
+                "call db.configure(bind=engine) first (for Flask-SQLAlchemy's db.session: "
+                "wsgi_sqla.flask_sqlalchemy.isolated(app, db))"
             )
         if bind in factories:
             # Their savepoints would nest on the one connection, and releasing the

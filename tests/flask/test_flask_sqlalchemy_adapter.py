@@ -15,9 +15,9 @@ from typing import Any
 import flask
 import pytest
 from flask_sqlalchemy.track_modifications import models_committed
-from fsa_support import FsaModels, body_streaming, make_app
+from fsa_support import FsaModels, InitOrder, body_streaming, make_app
 from sqlalchemy.orm import scoped_session
-from support import Probe, make_engine, serve
+from support import Probe, backend, in_child, make_engine, serve
 
 import wsgi_sqla.flask_sqlalchemy
 from wsgi_sqla import SessionMiddleware
@@ -396,3 +396,18 @@ def test_the_end_of_a_with_client_block_closes_what_the_test_reopened_on_the_req
         assert flask.g.user.name == "ann"  # expired by the commit: reloaded, in a transaction
     with app.app_context():
         assert fsa.db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("db_name", ["postgresql", "mariadb"], indirect=True)
+@pytest.mark.parametrize("order", ["db-first", "adapter-first"])
+def test_the_apps_engines_are_made_fork_safe_in_either_init_order(
+    fsa: FsaModels, uri: str, order: InitOrder
+) -> None:
+    app = make_app(fsa, uri, order=order)
+    with app.app_context():
+        engine = fsa.db.engine
+    try:
+        parents = backend(engine)
+        assert in_child(lambda: backend(engine)) != parents
+    finally:
+        engine.dispose()

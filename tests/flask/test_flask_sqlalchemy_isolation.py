@@ -14,6 +14,7 @@ from fsa_support import FsaModels
 from sqlalchemy import text
 from support import Probe
 
+from wsgi_sqla import isolated as generic_isolated
 from wsgi_sqla.flask_sqlalchemy import isolated
 from wsgi_sqla.testing import Isolation
 
@@ -76,4 +77,10 @@ def test_isolated_before_db_init_app_is_a_clear_error(fsa: FsaModels) -> None:
         pytest.raises(RuntimeError, match=r"db\.init_app\(app\) first"),
         isolated(flask.Flask(__name__), fsa.db),
     ):
+        pass
+
+
+def test_the_generic_isolated_given_db_session_names_the_flask_one(fsa: FsaModels) -> None:
+    named = r"wsgi_sqla\.flask_sqlalchemy\.isolated\(app, db\)"
+    with pytest.raises(TypeError, match=named), generic_isolated(fsa.db.session):
         pass

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import flask
 import pytest
+import sqlalchemy
 from fsa_support import LiteModels, body_streaming, make_lite_app
-from support import Probe, serve
+from support import Probe, backend, in_child, serve
 
 from wsgi_sqla.flask_sqlalchemy_lite import ExplicitCommitError
 
@@ -159,3 +160,35 @@ def test_two_posts_without_closing_the_first_response_warn_nothing(
     assert client.post("/users/ann").status_code == 201
     assert client.post("/users/bob").status_code == 201
     assert probe.names() == ["ann", "bob"]
+
+
+def test_the_end_of_a_with_client_block_closes_what_a_named_session_reopened(
+    lite_app: flask.Flask, lite: LiteModels
+) -> None:
+    @lite_app.post("/remember/<name>")
+    def remember(name: str) -> tuple[str, int]:
+        flask.g.user = lite.User(name=name)
+        lite.db.get_session("audit").add(flask.g.user)
+        return "ok", 201
+
+    with lite_app.test_client() as client:
+        client.post("/remember/ann")
+        request_session = sqlalchemy.inspect(flask.g.user).session
+        request_session.execute(sqlalchemy.text("SELECT 1"))  # the test reopens a transaction
+    with lite_app.app_context():
+        assert lite.db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("db_name", ["postgresql", "mariadb"], indirect=True)
+@pytest.mark.parametrize("order", ["db-first", "adapter-first"])
+def test_the_apps_engines_are_made_fork_safe_in_either_init_order(
+    lite: LiteModels, uri: str, order: str
+) -> None:
+    app = make_lite_app(lite, uri, order=order)  # type: ignore[arg-type]
+    with app.app_context():
+        engine = lite.db.engine
+    try:
+        parents = backend(engine)
+        assert in_child(lambda: backend(engine)) != parents
+    finally:
+        engine.dispose()

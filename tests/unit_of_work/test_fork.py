@@ -8,16 +8,15 @@ gunicorn end of the story is in tests/server/test_gunicorn.py.
 
 from __future__ import annotations
 
-import ctypes
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import celery
 import pytest
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import scoped_session, sessionmaker
-from support import make_engine
+from support import backend, backend_query, in_child, libc_fork, make_engine
 
 from wsgi_sqla import SessionMiddleware, fork_safe, transaction
 from wsgi_sqla.celery import task_base
@@ -41,49 +40,11 @@ def fresh_pinging(engine: Engine) -> Iterator[Engine]:
     own.dispose()
 
 
-def backend_query(engine: Engine | Connection) -> str:
-    """The statement that names the server-side id of the connection it runs on."""
-    if engine.dialect.name == "postgresql":
-        return "SELECT pg_backend_pid()"
-    return "SELECT CONNECTION_ID()"
-
-
-def backend(engine: Engine) -> int:
-    """The server-side id of the connection the pool hands out."""
-    with engine.connect() as connection:
-        return int(connection.execute(text(backend_query(engine))).scalar_one())
-
-
-def libc_fork() -> int:
-    """fork(2) through libc, as uWSGI forks its workers: no ``register_at_fork`` hook runs."""
-    return int(ctypes.CDLL(None, use_errno=True).fork())
-
-
 #: Python's fork, which runs the fork hooks, and one that runs none.
 FORKS = pytest.mark.parametrize(
     "fork",
     [pytest.param(os.fork, id="os.fork"), pytest.param(libc_fork, id="libc-fork-without-hooks")],
 )
-
-
-def in_child(work: Callable[[], int], fork: Callable[[], int] = os.fork) -> int:
-    """Run ``work`` in a child forked by ``fork`` and return its result."""
-    read_end, write_end = os.pipe()
-    pid = fork()
-    if pid == 0:  # the child: report, and leave without running any cleanup
-        code = 1
-        try:
-            os.write(write_end, str(work()).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    assert pid > 0, "fork failed"
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as reader:
-        answer = reader.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, answer
-    return int(answer)
 
 
 @SERVERS
