@@ -11,8 +11,9 @@ the README's test command:
   ``.ci/run``'s README test command: the matrix checks the library against
   its dependency versions, not the servers again.
 * ``lint``: ruff check and ruff format --check.
-* ``typing``: mypy --strict on the package and on tests/typing/typed_*.py (a user's typed
-  models and Celery tasks), pyright strict on the same.
+* ``typing``: mypy --strict and pyright on the package and on tests/ (pyright strict on
+  tests/typing/typed_*.py, a user's typed models and Celery tasks, checked first with only
+  the ``celery`` extra installed).
 * ``docs``: the build Read the Docs runs, in a venv with ``.[docs]`` only,
   warnings fatal.
 * ``release``: build, twine check, the wheel's and the sdist's contents, a
@@ -121,28 +122,26 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typing(session: nox.Session) -> None:
-    """mypy --strict on the package and harness/; mypy --strict and pyright strict on typed modules.
+    """mypy --strict and pyright on the package, harness/ and the tests; typed modules strict.
 
-    tests/typing/typed_*.py hold a user's typed models and Celery tasks. Celery's annotations
-    come from the ``celery`` extra, as a user gets them (not from the typing group), so the
-    extra losing ``celery-types`` fails this session. The rest of tests/ is not type-checked.
+    First with the ``celery`` extra only: tests/typing/typed_*.py hold a user's typed models
+    and Celery tasks, whose Celery annotations must come from that extra (``celery-types``), as
+    a user gets them. Then with the ``test`` extra: the whole of tests/ (pyright's modes and
+    roots come from [tool.pyright] in pyproject.toml).
     """
     require_node(session)
+    python = str(Path(session.bin) / "python")
+    typed = ("tests/typing/typed_models.py", "tests/typing/typed_tasks.py")
     session.install("-e", ".[celery]", *group("typing"))
     session.run("mypy", "--strict", "wsgi_sqla")
     # harness/ (what tests and bench start) imports psycopg for PgBouncer's console.
     session.install("psycopg[binary]>=3.1")
     session.run("mypy", "--strict", "harness")
-    session.run("mypy", "--strict", "tests/typing/typed_models.py", "tests/typing/typed_tasks.py")
-    # Strict mode for tests/typing/typed_*.py comes from [tool.pyright] in pyproject.toml.
-    python = Path(session.bin) / "python"
-    session.run(
-        "pyright",
-        "--pythonpath",
-        str(python),
-        "tests/typing/typed_models.py",
-        "tests/typing/typed_tasks.py",
-    )
+    session.run("mypy", "--strict", *typed)
+    session.run("pyright", "--pythonpath", python, *typed)
+    session.install("-e", ".[test]")
+    session.run("mypy", "--strict", "tests")
+    session.run("pyright", "--pythonpath", python)
 
 
 @nox.session

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy
+import sqlalchemy.exc
 from sqlalchemy import text
 
 from .net import Unavailable, free_port, wait_until

@@ -71,14 +71,15 @@ def engine(db_name: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[E
         eng = make_engine(database_url(db_name, tmp_path_factory.mktemp("sqlite")))
     else:
         url = database_url(db_name, Path())
-        eng = _engines.get(db_name)
-        if eng is None:
-            eng = _engines[db_name] = make_engine(url)
+        shared = _engines.get(db_name)
+        if shared is None:
+            shared = _engines[db_name] = make_engine(url)
             try:
-                with eng.connect():
+                with shared.connect():
                     pass
             except OperationalError as exc:
                 pytest.fail(f"{DATABASES[db_name]}={url} is set but unreachable: {exc}")
+        eng = shared
     yield eng
     if eng.dialect.name == "sqlite":
         eng.dispose()

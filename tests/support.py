@@ -6,6 +6,7 @@
 * :func:`serve`, the one in-process WSGI server, and the :class:`Exchange`
   it records;
 * applications and bodies: :func:`answering`, :func:`saving`, :class:`ClosingBody`;
+* :func:`ignore_response`, a ``start_response`` that keeps nothing;
 * :class:`Boom`, the code under test's own failure;
 * :func:`missing`, for a component a test needs and cannot find;
 * :func:`live_requested`: whether the live tests (own servers, clusters) run.
@@ -20,7 +21,7 @@ import ctypes
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import pytest
 from sqlalchemy import (
@@ -43,6 +44,9 @@ from werkzeug.test import EnvironBuilder
 
 from wsgi_sqla import declarative_base
 
+if TYPE_CHECKING:
+    from _typeshed import OptExcInfo
+
 __all__ = [
     "DATABASES",
     "LIVE",
@@ -59,6 +63,7 @@ __all__ = [
     "backend",
     "backend_query",
     "database_url",
+    "ignore_response",
     "in_child",
     "libc_fork",
     "live_requested",
@@ -332,6 +337,13 @@ FakeServer = Callable[..., Exchange]
 Style = Literal["list", "lazy", "write"]
 #: Every :data:`Style`, for ``pytest.mark.parametrize("style", STYLES)``.
 STYLES: list[Style] = ["list", "lazy", "write"]
+
+
+def ignore_response(
+    status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
+) -> Callable[[bytes], object]:
+    """A ``start_response`` for a test that reads the body only: keeps nothing, writes nowhere."""
+    return lambda data: None
 
 
 def answering(

@@ -52,7 +52,7 @@ class _BottleReporter:
     api = 2
 
     def apply(self, callback: Callable[..., Any], route: object) -> Callable[..., Any]:
-        import bottle  # type: ignore[import-untyped]
+        import bottle
 
         def _reporting(*args: Any, **kwargs: Any) -> Any:
             try:

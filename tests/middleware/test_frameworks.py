@@ -26,13 +26,12 @@ def test_flask_streamed_template_lazy_loads_and_its_writes_commit_at_close(
         user = models.User(name="ann").save()
         models.Post(title="first", author=user).save()
 
-        @flask.stream_with_context
         def rows() -> Iterator[str]:
             for post in user.posts:  # lazy load after the decision committed
                 yield f"{user.name}:{post.title};"
             models.User(name="written-while-streaming").save()
 
-        return flask.Response(rows(), mimetype="text/plain")
+        return flask.Response(flask.stream_with_context(rows()), mimetype="text/plain")
 
     app.wsgi_app = SessionMiddleware(app.wsgi_app, session)  # type: ignore[method-assign]
     assert webtest.TestApp(app).get("/stream").text == "ann:first;"
@@ -239,10 +238,12 @@ def test_framework_file_responses_reach_the_server_as_its_own_file_wrapper(
     environ = create_environ("/file")
     environ["wsgi.file_wrapper"] = FileWrapper
     statuses: list[str] = []
-    body = SessionMiddleware(file_app(name, path), session)(
-        environ, lambda status, headers, exc_info=None: statuses.append(status)
-    )
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        statuses.append(status)
+
+    body = SessionMiddleware(file_app(name, path), session)(environ, start_response)
     assert statuses == ["200 OK"]
-    assert len(made) == 1 and body is made[0]
+    assert isinstance(body, FileWrapper) and made == [body]
     assert b"".join(body) == path.read_bytes()
     body.close()

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
-from support import ClosingBody, FakeServer, Models, Probe
+from support import ClosingBody, FakeServer, Models, Probe, ignore_response
 
 from wsgi_sqla import SessionMiddleware, StaleSessionWarning
 
@@ -139,7 +139,7 @@ def test_server_calling_close_twice_closes_the_application_once(
         start_response("200 OK", [])
         return body
 
-    response: Any = SessionMiddleware(app, session)({"PATH_INFO": "/"}, lambda *a: None)
+    response: Any = SessionMiddleware(app, session)({"PATH_INFO": "/"}, ignore_response)
     list(response)
     response.close()
     response.close()
@@ -162,7 +162,7 @@ def test_application_close_that_raises_still_removes_the_session(
         start_response("200 OK", [])
         return body
 
-    response: Any = SessionMiddleware(app, session)({"PATH_INFO": "/"}, lambda *a: None)
+    response: Any = SessionMiddleware(app, session)({"PATH_INFO": "/"}, ignore_response)
     list(response)
     with pytest.raises(OSError, match="close failed"):
         response.close()

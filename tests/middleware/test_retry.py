@@ -576,8 +576,9 @@ def test_bad_retry_argument_is_refused_naming_it(
 def test_a_removed_retry_keyword_is_refused_showing_the_new_spelling(
     session: Any, keyword: str, spelling: str
 ) -> None:
+    removed: dict[str, Any] = {keyword: 1}  # what untyped code can still pass
     with pytest.raises(TypeError, match=re.escape(f"{keyword}= was removed; write {spelling}")):
-        SessionMiddleware(lambda e, s: [], session, **{keyword: 1})
+        SessionMiddleware(lambda e, s: [], session, **removed)
 
 
 @pytest.mark.parametrize("value", [3, "3", {"retries": 3}])
@@ -636,7 +637,8 @@ def bottle_app(models: Models, failures: int, hook: bool) -> tuple[Any, list[int
     @app.post("/users")
     def create() -> Any:
         attempts.append(1)
-        models.User(name=bottle.request.json["name"]).save()
+        payload: Any = bottle.request.json
+        models.User(name=payload["name"]).save()
         if len(attempts) <= failures:
             raise serialization_failure()
         bottle.response.status = 201

@@ -13,9 +13,9 @@ import time
 from typing import Any
 
 import pytest
-import sqlalchemy.orm.scoping
 from sqlalchemy import create_engine
 from sqlalchemy.orm import scoped_session, sessionmaker
+from sqlalchemy.util import ScopedRegistry
 
 from wsgi_sqla import POSITION_HEADER, Replicas, transaction
 from wsgi_sqla._replicas.dialects import PostgreSQL
@@ -153,7 +153,7 @@ def test_use_primary_before_any_query_routes_to_the_primary(replicas: Replicas) 
 def test_sessions_created_in_a_routed_block_bind_through_its_route(replicas: Replicas) -> None:
     # ScopedRegistry.createfunc is not public SQLAlchemy API: this fails if it changes.
     db = replicas.primaries[0].scoped
-    assert isinstance(db.registry, sqlalchemy.orm.scoping.ScopedRegistry)
+    assert isinstance(db.registry, ScopedRegistry)
     assert getattr(db.registry.createfunc, "_wsgi_sqla_routed", False)
     plain = db()
     assert "get_bind" not in vars(plain)  # outside a routed unit: untouched

@@ -55,7 +55,7 @@ class Job(Base):
     name: Mapped[str] = mapped_column(String(80), unique=True)
 
 
-class DbTask(SessionTask):
+class DbTask(SessionTask[..., Any]):
     sessions = (jobs_db,)
 
 

@@ -111,7 +111,12 @@ def charge(order_id: int, amount: int = 0) -> int:
     return amount
 
 
-@app.task(base=task_base(once_db, once=lambda label: 42), shared=False)
+def not_a_str(label: str) -> Any:
+    """A key callable that breaks its contract (a key is a str)."""
+    return 42
+
+
+@app.task(base=task_base(once_db, once=not_a_str), shared=False)
 def numbered(label: str) -> None:
     runs.append(label)
 

@@ -68,21 +68,16 @@ def record(role: str) -> None:
     db.add(Call(role=role, pid=os.getpid(), backend=backend))
 
 
-if WSGI_SQLA:
-
-    @app.task(name="prefork_app.which_backend", base=task_base(db), shared=False)
-    def which_backend() -> None:
+@app.task(name="prefork_app.which_backend", base=task_base(db) if WSGI_SQLA else Task, shared=False)
+def which_backend() -> None:
+    if WSGI_SQLA:
+        record("task")  # the task's unit of work commits and removes
+        return
+    try:
         record("task")
-
-else:
-
-    @app.task(name="prefork_app.which_backend", base=Task, shared=False)
-    def which_backend() -> None:
-        try:
-            record("task")
-            db.commit()
-        finally:
-            db.remove()
+        db.commit()
+    finally:
+        db.remove()
 
 
 @worker_init.connect

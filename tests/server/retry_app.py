@@ -18,9 +18,11 @@ PgBouncer (as in the examples). Serve
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import bottle
 import flask
+import flask.typing
 from sqlalchemy import String, func, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -72,7 +74,8 @@ bottle_app = bottle.Bottle()
 @bottle_app.post("/entries")
 def bottle_entry() -> dict[str, int]:
     bottle.response.status = 201
-    return {"number": append(bottle.request.json["request"])}
+    payload: Any = bottle.request.json
+    return {"number": append(payload["request"])}
 
 
 report_bottle_exceptions(bottle_app)

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import flask
+import flask.typing
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from harness.apps import served_database

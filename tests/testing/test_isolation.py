@@ -77,7 +77,7 @@ def test_transaction_blocks_commit_into_savepoints(session: Any, models: Any) ->
 
 
 def test_after_commit_hooks_run_once_the_savepoint_is_released(session: Any, models: Any) -> None:
-    seen: list[int] = []
+    seen: list[int | None] = []
 
     with isolated(session) as isolation, transaction(session):
         models.User(name="ann").save()

@@ -16,7 +16,7 @@ import celery
 import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import scoped_session, sessionmaker
-from support import backend, backend_query, in_child, libc_fork, make_engine
+from support import backend, backend_query, ignore_response, in_child, libc_fork, make_engine
 
 from wsgi_sqla import SessionMiddleware, fork_safe, transaction
 from wsgi_sqla.celery import task_base
@@ -127,7 +127,7 @@ def test_without_fork_hooks_a_request_in_the_child_gets_a_connection_of_its_own(
     parents = backend(fresh)
 
     def request() -> int:
-        body = middleware({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, lambda *a: None)
+        body = middleware({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, ignore_response)
         list(body)
         getattr(body, "close", lambda: None)()
         return seen[-1]

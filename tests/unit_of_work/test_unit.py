@@ -41,7 +41,7 @@ def test_liveness_check_reads_sqlalchemys_thread_local_registry_directly() -> No
     # reading the threading.local SQLAlchemy keeps; if that layout changes,
     # the fast path is silently lost, so pin it here.
     scoped = scoped_session(sessionmaker(bind=create_engine("sqlite://")))
-    local = scoped.registry.registry  # type: ignore[attr-defined]
+    local = scoped.registry.registry
     assert type(local) is type(threading.local())
     scoped()
     assert "value" in local.__dict__

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 import pytest
-import webtest  # type: ignore[import-untyped]
+import webtest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import scoped_session, sessionmaker
 
@@ -63,7 +63,7 @@ def test_gets_are_served_by_the_replicas(app: App, cluster: Cluster) -> None:
 
 def test_posts_are_served_by_the_primary(app: App, cluster: Cluster) -> None:
     client = webtest.TestApp(app.wsgi)
-    created = client.post("/items", b"ann", status=201).json
+    created = client.post("/items", "ann", status=201).json
     assert created["replica"] is False
     assert created["port"] == cluster.primary.port
     assert rows_everywhere(cluster) == {"primary": 1, "replica0": 1, "replica1": 1}
@@ -127,7 +127,7 @@ def test_a_client_reads_its_own_write_through_a_lagging_replica(
     stranger = webtest.TestApp(app.wsgi)
     tries, misses, stranger_misses = 200, 0, 0
     for attempt in range(tries):
-        created = writer.post("/items", f"row {attempt}".encode(), status=201)
+        created = writer.post("/items", f"row {attempt}", status=201)
         item = created.json["id"]
         headers = {}
         if carrier == "header":
@@ -145,7 +145,7 @@ def test_a_client_reads_its_own_write_through_a_lagging_replica(
 
 def test_once_every_replica_caught_up_the_token_is_dropped(app: App, cluster: Cluster) -> None:
     client = webtest.TestApp(app.wsgi)
-    item = client.post("/items", b"ann", status=201).json["id"]
+    item = client.post("/items", "ann", status=201).json["id"]
     cluster.wait_caught_up()
     answers = []
     for _ in range(4):
@@ -161,7 +161,7 @@ def test_the_token_is_kept_while_one_replica_still_lags(app: App, cluster: Clust
     fast, slow = cluster.replicas
     slow.set_delay(3)
     client = webtest.TestApp(app.wsgi)
-    item = client.post("/items", b"ann", status=201).json["id"]
+    item = client.post("/items", "ann", status=201).json["id"]
     deadline = time.monotonic() + 2
     served = set()
     while time.monotonic() < deadline:
@@ -174,7 +174,7 @@ def test_the_token_is_kept_while_one_replica_still_lags(app: App, cluster: Clust
 
 
 def test_no_token_after_a_rollback(app: App) -> None:
-    response = webtest.TestApp(app.wsgi).post("/fail", b"", status=409)
+    response = webtest.TestApp(app.wsgi).post("/fail", "", status=409)
     assert set_cookies(response) == []
     assert POSITION_HEADER not in response.headers
 
@@ -199,7 +199,7 @@ def test_a_failed_commit_answers_500_writes_nothing_and_issues_no_token(
 
 
 def test_no_token_after_a_post_that_wrote_nothing(app: App) -> None:
-    response = webtest.TestApp(app.wsgi).post("/where", b"")
+    response = webtest.TestApp(app.wsgi).post("/where", "")
     assert response.json["replica"] is False
     assert set_cookies(response) == []
 
@@ -290,7 +290,7 @@ def test_an_unsigned_app_treats_a_far_ahead_token_as_go_to_the_primary(
     app: App, cluster: Cluster
 ) -> None:
     client = webtest.TestApp(app.wsgi)
-    genuine = token_of(client.post("/items", b"ann", status=201))
+    genuine = token_of(client.post("/items", "ann", status=201))
     _v, issued, _position, sig = genuine.split(".")
     ahead = "7FFFFFFF/0" if cluster.kind == "postgresql" else "0-1-99999999999"
     answer = webtest.TestApp(app.wsgi).get(
@@ -304,7 +304,7 @@ def test_an_unsigned_app_treats_a_far_ahead_token_as_go_to_the_primary(
 
 def test_a_request_that_never_touches_the_database_costs_nothing(app: App) -> None:
     client = webtest.TestApp(app.wsgi)
-    client.post("/items", b"ann", status=201)  # a token, so the request carries one
+    client.post("/items", "ann", status=201)  # a token, so the request carries one
     with counting_all(app.primary, app.replicas) as (primary, replicas):
         client.get("/nothing")
     assert vars(primary) == vars(replicas) == {
@@ -329,7 +329,7 @@ def test_a_read_without_a_token_costs_only_its_own_statement(app: App) -> None:
 
 def test_a_read_with_a_token_costs_one_statement_more(app: App, cluster: Cluster) -> None:
     client = webtest.TestApp(app.wsgi)
-    client.post("/items", b"ann", status=201)
+    client.post("/items", "ann", status=201)
     cluster.wait_caught_up()
     with counting_all(app.primary, app.replicas) as (primary, replicas):
         client.get("/where")
@@ -346,7 +346,7 @@ def test_a_read_with_a_token_costs_one_statement_more(app: App, cluster: Cluster
 def test_a_committing_write_costs_one_statement_more(app: App) -> None:
     client = webtest.TestApp(app.wsgi)
     with counting_all(app.primary, app.replicas) as (primary, replicas):
-        client.post("/items", b"ann", status=201)
+        client.post("/items", "ann", status=201)
     assert replicas.checkouts == replicas.statements == 0
     # INSERT and the view's own SELECT, then the primary's position after COMMIT
     assert (primary.checkouts, primary.statements) == (1, 3)

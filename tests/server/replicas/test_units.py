@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import webtest  # type: ignore[import-untyped]
+import webtest
 from celery import Celery
 from celery.contrib.testing.worker import start_worker
 from sqlalchemy import select
@@ -129,7 +129,7 @@ class Tasks:
 
     def post_then_read(self, path: str) -> dict[str, Any]:
         """POST ``path``; the task it enqueued (or one enqueued after it) reads the item."""
-        self.web.post(path, b"", status=201)
+        self.web.post(path, "", status=201)
         sent = self.sent.pop()
         result = sent if not isinstance(sent, int) else self.read_item.delay(sent)
         answer: dict[str, Any] = result.get(timeout=30)
