@@ -122,25 +122,38 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typing(session: nox.Session) -> None:
-    """mypy --strict and pyright on the package, harness/ and the tests; typed modules strict.
+    """mypy --strict and pyright on the package, harness/, bench/ and the tests.
 
-    First with the ``celery`` extra only: tests/typing/typed_*.py hold a user's typed models
-    and Celery tasks, whose Celery annotations must come from that extra (``celery-types``), as
-    a user gets them. Then with the ``test`` extra: the whole of tests/ (pyright's modes and
-    roots come from [tool.pyright] in pyproject.toml).
+    First with the package's own extras only (not ``test``): tests/typing/typed_*.py hold a
+    user's typed models and Celery tasks, whose Celery annotations must come from the
+    ``celery`` extra (``celery-types``), as a user gets them. Then with the ``test`` and
+    ``bench`` extras: bench/ and the whole of tests/ (pyright's modes and roots come from
+    [tool.pyright] in pyproject.toml).
     """
     require_node(session)
     python = str(Path(session.bin) / "python")
     typed = ("tests/typing/typed_models.py", "tests/typing/typed_tasks.py")
-    session.install("-e", ".[celery]", *group("typing"))
+    # The extras whose imports the package guards: Celery, Flask-SQLAlchemy (and Lite).
+    session.install("-e", ".[celery,flask-sqlalchemy,flask-sqlalchemy-lite]", *group("typing"))
     session.run("mypy", "--strict", "wsgi_sqla")
     # harness/ (what tests and bench start) imports psycopg for PgBouncer's console.
     session.install("psycopg[binary]>=3.1")
     session.run("mypy", "--strict", "harness")
     session.run("mypy", "--strict", *typed)
     session.run("pyright", "--pythonpath", python, *typed)
-    session.install("-e", ".[test]")
-    session.run("mypy", "--strict", "tests")
+    session.install("-e", ".[test,bench]")
+    session.run("mypy", "--strict", "bench")
+    # mypy names a module after its package (__init__.py); a test directory without one that
+    # has a conftest.py of its own, like tests/, would make two modules named conftest, so
+    # each such directory is checked on its own, with tests/ on the path for the helpers.
+    apart = sorted(
+        conftest.parent.relative_to(ROOT).as_posix()
+        for conftest in (ROOT / "tests").glob("*/conftest.py")
+        if not (conftest.parent / "__init__.py").exists()
+    )
+    session.run("mypy", "--strict", "tests", *(f"--exclude=^{d}/" for d in apart))
+    for directory in apart:
+        session.run("mypy", "--strict", directory, env={"MYPYPATH": "tests"})
     session.run("pyright", "--pythonpath", python)
 
 

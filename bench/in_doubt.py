@@ -144,7 +144,7 @@ def _measure(url: str, rounds: int, batch: int) -> list[list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("url", nargs="?", help="default: $WSGI_SQLA_POSTGRESQL_URL")
     parser.add_argument("--rounds", type=int, default=100, help="rounds (default 100)")
     parser.add_argument("--batch", type=int, default=20, help="requests per batch (default 20)")

@@ -42,7 +42,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import webob
 import webob.dec
@@ -50,9 +50,11 @@ import webtest
 from sqlalchemy import (
     Boolean,
     Column,
+    CursorResult,
     DateTime,
     ForeignKey,
     Index,
+    Insert,
     Integer,
     MetaData,
     Numeric,
@@ -156,26 +158,26 @@ settings = _table(
 def make_app(db: scoped_session[Session]) -> webtest.TestApp:
     """POST /?name=… creates an account with a user, a project and a task; GET / counts tasks."""
 
+    def new_id(statement: Insert) -> Any:
+        """The primary key of the row ``statement`` inserted."""
+        key = cast("CursorResult[Any]", db.execute(statement)).inserted_primary_key
+        assert key is not None
+        return key[0]
+
     @webob.dec.wsgify
     def app(request: webob.Request) -> webob.Response:
         if request.method == "POST":
-            name, now = request.params["name"], datetime.now()
-            account = db.execute(
-                insert(accounts).values(name=name, created_at=now)
-            ).inserted_primary_key
-            user = db.execute(
+            name, now = str(request.params["name"]), datetime.now()
+            account = new_id(insert(accounts).values(name=name, created_at=now))
+            user = new_id(
                 insert(users).values(
-                    account_id=account[0], email=f"{name}@example.com", name=name, created_at=now
+                    account_id=account, email=f"{name}@example.com", name=name, created_at=now
                 )
-            ).inserted_primary_key
-            project = db.execute(
-                insert(projects).values(account_id=account[0], name="launch")
-            ).inserted_primary_key
-            db.execute(
-                insert(tasks).values(project_id=project[0], assignee_id=user[0], title="ship it")
             )
+            project = new_id(insert(projects).values(account_id=account, name="launch"))
+            db.execute(insert(tasks).values(project_id=project, assignee_id=user, title="ship it"))
             db.execute(
-                insert(invoices).values(account_id=account[0], number=name[:20], total=Decimal(0))
+                insert(invoices).values(account_id=account, number=name[:20], total=Decimal(0))
             )
             return webob.Response("created", status=201)
         count = db.scalar(select(func.count()).select_from(tasks).where(tasks.c.done.is_(False)))
@@ -291,7 +293,7 @@ def rst(runs: dict[str, dict[str, list[float]]], tests: int, warmup: int) -> str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument(
         "urls", nargs="*", help="database URLs (default: $WSGI_SQLA_POSTGRESQL_URL)"
     )

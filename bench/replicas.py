@@ -49,7 +49,7 @@ class Setup:
     points: list[Point] = field(default_factory=list)
 
     def median(self, name: str) -> float:
-        return statistics.median(getattr(p, name) for p in self.points)
+        return float(statistics.median(getattr(p, name) for p in self.points))
 
 
 def _serve(primary: str, replicas: list[str], log: Path) -> AbstractContextManager[int]:

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import flask
+import flask.testing
 import pytest
 from flask_sqlalchemy.track_modifications import models_committed
 from fsa_support import FsaModels, InitOrder, body_streaming, make_app
 from sqlalchemy.orm import scoped_session
-from support import Probe, backend, in_child, make_engine, serve
+from support import Probe, backend, ignore_response, in_child, make_engine, serve
 
 import wsgi_sqla.flask_sqlalchemy
 from wsgi_sqla import SessionMiddleware
@@ -124,12 +125,11 @@ def test_stream_with_context_keeps_the_session_of_the_unit(
         fsa.db.session.add(user)
         fsa.db.session.flush()
 
-        @flask.stream_with_context
         def rows() -> Iterator[str]:
             yield user.name
             fsa.db.session.add(fsa.User(name="streamed"))
 
-        return body_streaming(rows())
+        return body_streaming(flask.stream_with_context(rows()))
 
     assert serve(app, path="/stream").body == b"ann"
     assert probe.names() == ["ann", "streamed"]
@@ -172,7 +172,7 @@ def test_the_servers_file_wrapper_is_handed_back_untouched(
 
     environ = flask.testing.EnvironBuilder(app, "/file").get_environ()
     environ["wsgi.file_wrapper"] = file_wrapper
-    body = app.wsgi_app(environ, lambda *args: None)
+    body = app.wsgi_app(environ, ignore_response)
     body.close()  # type: ignore[attr-defined]
     assert made and body is made[0]
     assert probe.names() == ["ann"]
@@ -378,7 +378,7 @@ def test_two_posts_without_closing_the_first_response_warn_nothing_and_keep_noth
     assert client.post("/users/ann").status_code == 201
     assert client.post("/users/bob").status_code == 201
     assert probe.names() == ["ann", "bob"]
-    sessions_kept = fsa.db._wsgi_sqla_adopted[1].registry  # type: ignore[attr-defined]
+    sessions_kept = fsa.db._wsgi_sqla_adopted[1].registry
     assert len(sessions_kept) <= 1, "the first request's session was closed by the second"
 
 

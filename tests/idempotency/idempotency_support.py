@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, func, insert, select
+from sqlalchemy import (
+    Column,
+    CursorResult,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    func,
+    insert,
+    select,
+)
 from sqlalchemy.orm import scoped_session
 from support import Exchange, serve
 
@@ -45,8 +56,12 @@ class Orders:
         self.before()
         length = int(environ.get("CONTENT_LENGTH") or 0)
         item = environ["wsgi.input"].read(length).decode() or "thing"
-        inserted = self.session.execute(insert(self.table).values(item=item))
-        order_id = inserted.inserted_primary_key[0]
+        inserted = cast(
+            "CursorResult[Any]", self.session.execute(insert(self.table).values(item=item))
+        )
+        key = inserted.inserted_primary_key
+        assert key is not None
+        order_id = key[0]
         after_commit(self._hooked)
         if self.fail is not None:
             raise self.fail

@@ -77,7 +77,9 @@ def test_after_a_kill_9_mid_request_the_retry_runs_once_the_lease_is_over(
     assert blocked.status == 409, blocked.body
     assert orders_in(orders_db) == 0
 
-    wait = lease_until(orders_db) - datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+    wait = lease_until(orders_db) - datetime.datetime.now(datetime.timezone.utc).replace(
+        tzinfo=None
+    )
     time.sleep(max(0.0, wait.total_seconds()) + 0.2)
     retried = post(server)
     assert retried.status == 201, retried.body

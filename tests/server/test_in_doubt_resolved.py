@@ -70,7 +70,7 @@ def test_commit_resolved_as_committed_runs_the_after_commit_hooks(resolving: Dou
 
     def app(environ: dict[str, object], start_response: object) -> list[bytes]:
         after_commit(ran.append, str(environ["QUERY_STRING"]))
-        return resolving.app(environ, start_response)  # type: ignore[arg-type]
+        return resolving.app(environ, start_response)
 
     tag, _seen = resolving.post(SessionMiddleware(app, resolving.db))
 

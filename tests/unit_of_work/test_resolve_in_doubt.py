@@ -38,10 +38,13 @@ registry().map_imperatively(Note, notes)
 Work = Callable[[scoped_session[Session]], object]
 
 
+NOT_AN_ENGINE: Any = "postgresql://"  # what untyped code can still pass
+
+
 @pytest.mark.parametrize(
     ("call", "error"),
     [
-        pytest.param(lambda: resolve_in_doubt("postgresql://"), TypeError, id="not-an-engine"),
+        pytest.param(lambda: resolve_in_doubt(NOT_AN_ENGINE), TypeError, id="not-an-engine"),
         pytest.param(
             lambda: resolve_in_doubt(create_engine("sqlite://")), ValueError, id="not-postgresql"
         ),

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 import pytest
 from support import missing
 
-from harness.clusters import Cluster, Unavailable, mariadb_cluster, postgresql_cluster
+from harness.clusters import Cluster, mariadb_cluster, postgresql_cluster
+from harness.net import Unavailable
 
 from .checks import SECRET, app_over
 from .replica_app import App, Base
