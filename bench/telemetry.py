@@ -75,7 +75,7 @@ def main(mode: str, count: int, timed: bool = False) -> None:
         tracing = None
     assert (tracing is None) == (mode == "none"), (mode, tracing)
     Base.metadata.create_all(engine)
-    with transaction(User.__session__):  # type: ignore[attr-defined]
+    with transaction(User.__session__):
         User(name="ann").save()
     builder = EnvironBuilder(path="/users/1")
     environ = builder.get_environ()

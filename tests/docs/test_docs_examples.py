@@ -29,12 +29,15 @@ import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
-from celery import _state as celery_state
+from celery import _state
 from sqlalchemy import Engine
 
 ROOT = Path(__file__).resolve().parents[2]
+# Celery's private app registry, read and restored around each example (not typed API).
+celery_state: Any = _state
 DIRECTIVE = re.compile(r"^\.\. (testsetup|testcode|code-block)::[ \t]*(\S*)[ \t]*$")
 
 

@@ -18,7 +18,7 @@ from examples.flask_app import app as flask_app
 
 
 def _line(span: ReadableSpan) -> str:
-    return span.to_json(indent=None) + "\n"
+    return str(span.to_json(indent=None)) + "\n"
 
 
 _spans = open(os.environ["WSGI_SQLA_SPANS"], "a", buffering=1)  # noqa: SIM115 - the worker's life

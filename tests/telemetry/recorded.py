@@ -7,6 +7,10 @@ collection holds only what happened since the last one) and afterwards
 only clears what an earlier test left.
 """
 
+# pyright: reportPossiblyUnboundVariable=false, reportOptionalMemberAccess=false
+# (the SDK's names are bound, and trace is not None, only when the SDK imports; recorded()
+# skips before it uses them otherwise.)
+
 from __future__ import annotations
 
 from typing import Any
@@ -60,6 +64,7 @@ class Recorded:
 
     def children(self, parent: ReadableSpan) -> list[ReadableSpan]:
         """The finished spans whose parent is ``parent``."""
+        assert parent.context is not None
         parent_id = parent.context.span_id
         return [s for s in self.spans() if s.parent is not None and s.parent.span_id == parent_id]
 

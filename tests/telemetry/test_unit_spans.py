@@ -145,7 +145,7 @@ def test_unit_span_is_a_child_of_the_current_span(telemetry: Recorded, models: M
         serve(SessionMiddleware(answering("200 OK", save(models)), models.User.__session__))
 
     unit = telemetry.unit()
-    assert unit.parent is not None
+    assert unit.parent is not None and unit.context is not None
     assert unit.parent.span_id == server.get_span_context().span_id
     assert unit.context.trace_id == server.get_span_context().trace_id
 
@@ -168,9 +168,12 @@ def test_commit_and_rollback_are_child_spans_of_the_unit(
         "db.system.name": SYSTEMS[db_name],
         "db.operation.name": operation,
     }
-    assert children[0].kind is SpanKind.CLIENT
-    assert unit.start_time <= children[0].start_time
-    assert children[0].end_time <= unit.end_time
+    child = children[0]
+    assert child.kind is SpanKind.CLIENT
+    assert unit.start_time is not None and unit.end_time is not None
+    assert child.start_time is not None and child.end_time is not None
+    assert unit.start_time <= child.start_time
+    assert child.end_time <= unit.end_time
 
 
 def test_failed_commit_span_records_the_error(
@@ -267,12 +270,11 @@ def test_listener_failure_in_commit_is_commit_failed(telemetry: Recorded, models
     def refuse(target: Any) -> None:
         raise Boom("before_commit refused")
 
-    serve(
-        SessionMiddleware(
-            answering("200 OK", lambda: (models.User(name="ann").save(), _listen(session, refuse))),
-            session,
-        )
-    )
+    def save_then_listen() -> None:
+        models.User(name="ann").save()
+        _listen(session, refuse)
+
+    serve(SessionMiddleware(answering("200 OK", save_then_listen), session))
 
     assert attributes(telemetry.unit()) == expected(
         "request", "200 OK", {"outcome": "commit_failed", "reason": "exception", "error": "Boom"}

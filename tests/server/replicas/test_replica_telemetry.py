@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import webtest  # type: ignore[import-untyped]
+import webtest
 from telemetry.recorded import Recorded, attributes, key
 
 from harness.clusters import Cluster
@@ -31,7 +31,7 @@ def routed(telemetry: Recorded) -> list[tuple[Any, Any, Any]]:
 
 
 def test_a_write_runs_on_the_primary_and_issues_a_token(app: App, telemetry: Recorded) -> None:
-    webtest.TestApp(app.wsgi).post("/items", b"ann", status=201)
+    webtest.TestApp(app.wsgi).post("/items", "ann", status=201)
 
     assert routed(telemetry) == [("primary", "issued", "committed")]
 
@@ -46,7 +46,7 @@ def test_the_token_is_kept_then_dropped_once_every_replica_has_the_write(
     app: App, cluster: Cluster, telemetry: Recorded
 ) -> None:
     client = webtest.TestApp(app.wsgi)
-    item = client.post("/items", b"ann", status=201).json["id"]
+    item = client.post("/items", "ann", status=201).json["id"]
     cluster.wait_caught_up()
     for _ in range(4):
         client.get(f"/items/{item}", status=200)
@@ -61,7 +61,7 @@ def test_the_token_is_kept_then_dropped_once_every_replica_has_the_write(
 
 def test_routed_units_are_counted_by_route(app: App, telemetry: Recorded) -> None:
     client = webtest.TestApp(app.wsgi)
-    client.post("/items", b"ann", status=201)
+    client.post("/items", "ann", status=201)
     client.reset()  # no token: the reads may go to a replica
     for _ in range(3):
         client.get("/where", status=200)
