@@ -283,3 +283,21 @@ def test_listener_failure_in_commit_is_commit_failed(telemetry: Recorded, models
 
 def _listen(session: scoped_session[Any], refuse: Callable[[Any], None]) -> None:
     event.listen(session.registry(), "before_commit", refuse)
+
+
+def test_celery_task_span_is_owned_by_the_task(telemetry: Recorded, models: Models) -> None:
+    from celery import Celery
+
+    from wsgi_sqla.celery import task_base
+
+    app = Celery("wsgi_sqla_telemetry", broker="memory://", set_as_current=False)
+
+    @app.task(base=task_base(models.User.__session__), shared=False)
+    def add_user(name: str) -> None:
+        models.User(name=name).save()
+
+    add_user.apply(("ann",)).get()
+
+    assert attributes(telemetry.unit()) == expected(
+        "task", None, {"outcome": "committed", "reason": "ended"}
+    )
