@@ -57,9 +57,20 @@ def users(engine: Engine) -> list[str]:
         return [row[0] for row in rows]
 
 
+def post_titles(engine: Engine) -> list[str]:
+    with engine.connect() as connection:
+        return [row[0] for row in connection.execute(text("SELECT title FROM post ORDER BY id"))]
+
+
 @pytest.fixture(params=[True, False], ids=["as-written", "own-commits-removed"])
+def own_commits(request: pytest.FixtureRequest) -> bool:
+    """Whether flaskr's views commit themselves (as written) or leave it to the middleware."""
+    return bool(request.param)
+
+
+@pytest.fixture
 def flaskr(
-    request: pytest.FixtureRequest, gunicorn: Serve, engine: Engine, tmp_path: Path
+    own_commits: bool, gunicorn: Serve, engine: Engine, tmp_path: Path
 ) -> Iterator[Gunicorn]:
     """flaskr under gunicorn (two sync workers) on the database under test, tables fresh."""
     if engine.dialect.name in ("mariadb", "mysql"):
@@ -67,7 +78,7 @@ def flaskr(
             "flaskr declares VARCHAR without a length, which MariaDB refuses; it runs on "
             "SQLite and PostgreSQL"
         )
-    app_dir = flaskr_dir(tmp_path, own_commits=request.param)
+    app_dir = flaskr_dir(tmp_path, own_commits=own_commits)
     env = {**os.environ, "DATABASE_URL": url_of(engine), "PYTHONPATH": str(app_dir)}
     made = subprocess.run(
         [sys.executable, "-m", "flask", "--app", "flaskr", "init-db"],
@@ -83,9 +94,18 @@ def flaskr(
     )
 
 
-def register(server: Gunicorn, username: str, path: str = "/auth/register") -> int:
+def register(server: Gunicorn, username: str, path: str = "/auth/register", **headers: str) -> int:
     body = urlencode({"username": username, "password": "secret"}).encode()
-    return server.request("POST", path, body, FORM).status
+    return server.request("POST", path, body, {**FORM, **headers}).status
+
+
+def log_in(server: Gunicorn, username: str) -> str:
+    """Register and log in ``username``: the session cookie flaskr sets."""
+    assert register(server, username) == 302
+    body = urlencode({"username": username, "password": "secret"}).encode()
+    reply = server.request("POST", "/auth/login", body, FORM)
+    assert reply.status == 302, reply.body
+    return reply.headers["Set-Cookie"].split(";", 1)[0]
 
 
 def test_a_registration_answers_success_and_its_row_is_there(
@@ -108,3 +128,28 @@ def test_a_view_that_raises_after_writing_answers_500_and_leaves_nothing(
 ) -> None:
     assert register(flaskr, "ann", "/harness/raise-after-write") == 500
     assert users(engine) == []
+
+
+def test_a_logged_in_users_post_answers_success_and_its_row_is_there(
+    flaskr: Gunicorn, engine: Engine
+) -> None:
+    cookie = log_in(flaskr, "ann")
+    body = urlencode({"title": "hello", "body": "first"}).encode()
+    assert flaskr.request("POST", "/create", body, {**FORM, "Cookie": cookie}).status == 302
+    assert post_titles(engine) == ["hello"]
+
+
+def test_a_duplicate_the_constraint_refuses_answers_409_and_the_row_stays_single(
+    flaskr: Gunicorn, engine: Engine
+) -> None:
+    assert register(flaskr, "ann", "/harness/register-unchecked") == 201
+    assert register(flaskr, "ann", "/harness/register-unchecked") == 409
+    assert users(engine) == ["ann"]
+
+
+def test_a_failure_after_flaskrs_view_answers_500_and_keeps_only_its_own_commit(
+    flaskr: Gunicorn, engine: Engine, own_commits: bool
+) -> None:
+    """As written, register commits before the failure; without that commit nothing stays."""
+    assert register(flaskr, "ann", **{"X-Fail-After-View": "1"}) == 500
+    assert users(engine) == (["ann"] if own_commits else [])
