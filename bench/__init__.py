@@ -11,6 +11,8 @@ the machine is doing falls on all of them alike:
 * :mod:`bench.inprocess` times the WSGI applications called directly and counts
   their SQL round trips with :func:`wsgi_sqla.testing.count_round_trips`;
 * :mod:`bench.endtoend` measures requests per second through gunicorn;
+* :mod:`bench.instructions` counts instructions per request under valgrind's
+  callgrind (``python -m bench --instructions``, ``bench/instructions.rst``);
 * :mod:`bench.report` writes ``bench/results.rst`` (included by docs/benchmarks.rst)
   and ``bench/results.png``;
 * ``python -m bench`` (:mod:`bench.run`) runs all of it.
