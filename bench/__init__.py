@@ -7,10 +7,12 @@ here serves the same Flask application doing the same database work, and
 the systems are measured in one run, interleaved, so that whatever else
 the machine is doing falls on all of them alike:
 
-* :mod:`bench.apps` builds the five systems and the four requests;
+* :mod:`bench.apps` builds the six systems and the four requests;
 * :mod:`bench.inprocess` times the WSGI applications called directly and counts
   their SQL round trips with :func:`wsgi_sqla.testing.count_round_trips`;
 * :mod:`bench.endtoend` measures requests per second through gunicorn;
+* :mod:`bench.instructions` counts instructions per request under valgrind's
+  callgrind (``python -m bench --instructions``, ``bench/instructions.rst``);
 * :mod:`bench.report` writes ``bench/results.rst`` (included by docs/benchmarks.rst)
   and ``bench/results.png``;
 * ``python -m bench`` (:mod:`bench.run`) runs all of it.

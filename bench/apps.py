@@ -1,4 +1,4 @@
-"""The five systems under comparison, serving the same four requests.
+"""The six systems under comparison, serving the same four requests.
 
 Every system is a Flask application with the same routes doing the same
 database work through a scoped session; only the way the unit of work is
@@ -22,6 +22,11 @@ ended differs:
     ``db.session.commit()`` in the views that write and succeed, and its
     teardown that removes the session (and so rolls back whatever was not
     committed).
+``advanced-alchemy``
+    Advanced Alchemy's Flask extension in ``autocommit`` mode: the views take
+    the request's session from ``alchemy.get_sync_session()``; its
+    ``after_request`` commits a 2xx and closes the session, its teardown
+    closes whatever is left (so a 4xx rolls back).
 ``wsgi_sqla``
     ``app.wsgi_app = SessionMiddleware(app.wsgi_app, Session)``.
 
@@ -29,7 +34,7 @@ The requests: ``GET /nodb`` never touches the database, ``GET /read`` reads
 one row, ``POST /insert`` inserts one row and answers 201, ``POST /invalid``
 inserts (and flushes) one row, then answers 400, so the row must not stay.
 
-repoze.tm2, zope.sqlalchemy and Flask-SQLAlchemy are imported only when
+repoze.tm2, zope.sqlalchemy, Flask-SQLAlchemy and Advanced Alchemy are imported only when
 their system is built, so that the test suite can use the rest of this
 module with the ``test`` extra alone.
 
@@ -46,7 +51,7 @@ from flask import Flask
 from sqlalchemy import Engine, String, create_engine, event, insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, scoped_session, sessionmaker
 
-from wsgi_sqla import SessionMiddleware
+from wsgi_sqla import IdempotencyKeys, Retry, SessionMiddleware
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -55,6 +60,7 @@ __all__ = [
     "LOWER_BOUND",
     "REQUESTS",
     "SYSTEMS",
+    "VARIANTS",
     "Item",
     "Request",
     "System",
@@ -288,12 +294,53 @@ def _flask_sqlalchemy(url: str) -> System:
     return System("flask-sqlalchemy", app, engine)
 
 
-def _wsgi_sqla(url: str) -> System:
+def _advanced_alchemy(url: str) -> System:
+    from advanced_alchemy.extensions.flask import AdvancedAlchemy, SQLAlchemySyncConfig
+
+    engine = make_engine(url)
+    app = Flask("advanced_alchemy")
+    alchemy = AdvancedAlchemy(
+        SQLAlchemySyncConfig(engine_instance=engine, commit_mode="autocommit"), app
+    )
+
+    @app.get("/nodb")
+    def nodb() -> str:
+        return "ok"
+
+    @app.get("/read")
+    def read() -> str:
+        return _read(alchemy.get_sync_session(), Item)
+
+    @app.post("/insert")
+    def insert() -> tuple[str, int]:
+        _insert(alchemy.get_sync_session(), Item)
+        return "created", 201
+
+    @app.post("/invalid")
+    def invalid() -> tuple[str, int]:
+        _insert(alchemy.get_sync_session(), Item)
+        return "invalid", 400
+
+    return System("advanced-alchemy", app, engine)
+
+
+def _wsgi_sqla(url: str, name: str = "wsgi_sqla", **options: Any) -> System:
     engine, Session = _scoped(url)
     app = Flask("wsgi_sqla")
     _plain_views(app, Session, Item)
-    app.wsgi_app = SessionMiddleware(app.wsgi_app, Session)  # type: ignore[method-assign]
-    return System("wsgi_sqla", app, engine)
+    app.wsgi_app = SessionMiddleware(app.wsgi_app, Session, **options)  # type: ignore[method-assign]
+    return System(name, app, engine)
+
+
+def _with_retry(url: str) -> System:
+    return _wsgi_sqla(url, "wsgi_sqla, retry=Retry(3)", retry=Retry(3))
+
+
+def _with_idempotency(url: str) -> System:
+    keys = IdempotencyKeys()
+    system = _wsgi_sqla(url, "wsgi_sqla, idempotency=IdempotencyKeys()", idempotency=keys)
+    keys.table.create(system.engine, checkfirst=True)
+    return system
 
 
 LOWER_BOUND = "hand-written"
@@ -303,18 +350,27 @@ SYSTEMS: dict[str, Callable[[str], System]] = {
     "flask-hooks": _flask_hooks,
     "repoze.tm2": _repoze_tm2,
     "flask-sqlalchemy": _flask_sqlalchemy,
+    "advanced-alchemy": _advanced_alchemy,
     "wsgi_sqla": _wsgi_sqla,
 }
 
 
+#: wsgi_sqla with one optional feature on, for what each costs (``--instructions``).
+#: Replicas are not here: they need PostgreSQL or MariaDB, and these run on SQLite.
+VARIANTS: dict[str, Callable[[str], System]] = {
+    "wsgi_sqla, retry=Retry(3)": _with_retry,
+    # The benchmark's requests carry no Idempotency-Key: what the feature costs them.
+    "wsgi_sqla, idempotency=IdempotencyKeys()": _with_idempotency,
+}
+
+
 def build(name: str, url: str) -> System:
-    """Build system ``name`` against the database at ``url``."""
-    try:
-        builder = SYSTEMS[name]
-    except KeyError:
+    """Build system (or variant) ``name`` against the database at ``url``."""
+    builder = SYSTEMS.get(name) or VARIANTS.get(name)
+    if builder is None:
         raise ValueError(
-            f"unknown system {name!r}; the systems are: {', '.join(SYSTEMS)}"
-        ) from None
+            f"unknown system {name!r}; the systems are: {', '.join([*SYSTEMS, *VARIANTS])}"
+        )
     return builder(url)
 
 

@@ -11,7 +11,9 @@ prints where wsgi_sqla's time goes instead of benchmarking. ``--pooling``
 measures the connection budget instead (PostgreSQL directly and through
 PgBouncer, see :mod:`bench.pooling`) and writes ``pooling.rst``;
 ``--idempotency`` what an Idempotency-Key costs a POST (:mod:`bench.idempotency`,
-``idempotency.rst``).
+``idempotency.rst``); ``--instructions`` counts instructions per request
+under valgrind's callgrind (see :mod:`bench.instructions`) and writes
+``instructions.rst``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from . import apps, endtoend, inprocess, pooling, report
+from . import apps, endtoend, inprocess, instructions, pooling, report
 
 __all__ = ["main"]
 
@@ -51,6 +53,7 @@ PACKAGES = (
     "Flask",
     "Werkzeug",
     "Flask-SQLAlchemy",
+    "advanced-alchemy",
     "repoze.tm2",
     "zope.sqlalchemy",
     "transaction",
@@ -80,7 +83,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="wsgi_sqla side by side with hand-written commits, Flask hooks, "
-        "repoze.tm2 + zope.sqlalchemy and Flask-SQLAlchemy.",
+        "repoze.tm2 + zope.sqlalchemy, Flask-SQLAlchemy and Advanced Alchemy.",
     )
     parser.add_argument("--quick", action="store_true", help="short run (about a minute)")
     parser.add_argument(
@@ -119,6 +122,25 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="instead: the connection budget on PostgreSQL, directly and through PgBouncer "
         "(bench/pooling.py); writes pooling.rst",
+    )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="instead: instructions per request under valgrind's callgrind, every system and "
+        "route on SQLite, and the cost of each feature when on (bench/instructions.py); "
+        "writes instructions.rst",
+    )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="with --instructions: keep callgrind's dumps in DIR (for callgrind_annotate)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="with --instructions: systems counted at once (default: %(default)s)",
     )
     return parser.parse_args(argv)
 
@@ -374,11 +396,39 @@ def _pooling(args: argparse.Namespace) -> None:
     print(f"wrote pooling.rst in {args.output_dir}")
 
 
+def _instructions(args: argparse.Namespace) -> None:
+    try:
+        valgrind = instructions.valgrind_version()
+    except instructions.ValgrindMissing as exc:
+        raise SystemExit(f"python -m bench --instructions: {exc}") from None
+    stretches = instructions.QUICK if args.quick else instructions.FULL
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    names = [*apps.SYSTEMS, *apps.VARIANTS]
+    counts = instructions.measure(names, stretches=stretches, jobs=args.jobs, keep=args.keep)
+    versions = [f"SQLite {sqlite3.sqlite_version}", valgrind, *_versions(None)[:-1]]
+    text = instructions.rst(
+        counts,
+        list(apps.SYSTEMS),
+        list(apps.VARIANTS),
+        date=date,
+        machine=_machine()[:2],
+        versions=versions,
+        stretches=stretches,
+    )
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    (args.output_dir / "instructions.rst").write_text(text)
+    print(text)
+    print(f"wrote instructions.rst (docs/benchmarks.rst includes it) in {args.output_dir}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark as the command line asks."""
     args = _parse(argv)
     if args.pooling:
         _pooling(args)
+        return
+    if args.instructions:
+        _instructions(args)
         return
     settings = QUICK if args.quick else FULL
     if args.replicas:
