@@ -21,12 +21,16 @@ def columns(engine: Engine, table: str) -> set[str]:
     return {column["name"] for column in inspect(engine).get_columns(table)}
 
 
-def test_flask_db_upgrade_creates_the_table_with_the_adapter_installed(
+def test_flask_db_upgrade_creates_the_models_and_the_task_runs_with_the_adapter_installed(
     project: Path, database_url: str, migrated: Engine
 ) -> None:
     play(PAGE, project, database_url, until="first upgrade")
     assert "wsgi_sqla.flask_sqlalchemy.init_app(app, db)" in (project / "blog.py").read_text()
-    assert set(inspect(migrated).get_table_names()) == {"alembic_version", "posts"}
+    assert set(inspect(migrated).get_table_names()) == {
+        "alembic_version",
+        "posts",
+        "wsgi_sqla_task_runs",
+    }
     assert columns(migrated, "posts") == {"id", "title"}
 
 
