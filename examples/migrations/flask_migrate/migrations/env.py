@@ -1,3 +1,5 @@
+"""Flask-Migrate's environment: what ``flask db init`` wrote, with ``get_metadata()`` changed."""
+
 import logging
 from logging.config import fileConfig
 
@@ -44,9 +46,11 @@ target_db = current_app.extensions["migrate"].db
 
 
 def get_metadata():
-    if hasattr(target_db, "metadatas"):
-        return target_db.metadatas[None]
-    return target_db.metadata
+    # Changed from what `flask db init` wrote: the package's own tables live on
+    # MetaData objects of their own; autogenerate compares a list of them all.
+    from wsgi_sqla.celery import task_runs
+
+    return [target_db.metadatas[None], task_runs.metadata]
 
 
 def run_migrations_offline():
