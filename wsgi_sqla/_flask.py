@@ -27,7 +27,14 @@ if TYPE_CHECKING:
 
     from ._unit import UnitOfWork
 
-__all__ = ["ExplicitCommitError", "UnitRegistry", "ViewApp", "refuse_commit", "running"]
+__all__ = [
+    "ExplicitCommitError",
+    "UnitRegistry",
+    "ViewApp",
+    "check_init_app",
+    "refuse_commit",
+    "running",
+]
 
 
 class ExplicitCommitError(RuntimeError):
@@ -37,6 +44,15 @@ class ExplicitCommitError(RuntimeError):
     when the response succeeds; remove the call, or use
     :func:`wsgi_sqla.force_commit` to commit despite an error status.
     """
+
+
+def check_init_app(where: str, app: object, db: object, db_type: type) -> None:
+    """Refuse, naming ``where``, an ``app`` that is not Flask or a ``db`` of another type."""
+    if not isinstance(app, Flask):
+        raise TypeError(f"{where}: app must be a flask.Flask, got {app!r}")
+    if not isinstance(db, db_type):
+        kind = f"{db_type.__module__.split('.')[0]}.{db_type.__qualname__}"
+        raise TypeError(f"{where}: db must be a {kind}, got {db!r}")
 
 
 def refuse_commit(caller_depth: int) -> None:

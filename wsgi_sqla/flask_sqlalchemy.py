@@ -53,7 +53,15 @@ from sqlalchemy.orm import Session, scoped_session
 from sqlalchemy.util import ScopedRegistry
 
 from ._context import current, quiet_leftovers
-from ._flask import ExplicitCommitError, UnitRegistry, ViewApp, refuse_commit, running, unit_scoped
+from ._flask import (
+    ExplicitCommitError,
+    UnitRegistry,
+    ViewApp,
+    check_init_app,
+    refuse_commit,
+    running,
+    unit_scoped,
+)
 from ._middleware import SessionMiddleware
 from ._owners import own_engine
 from .testing import Isolation, outer_transaction, restore
@@ -95,15 +103,7 @@ def init_app(
     :raises TypeError: when ``app`` is not a Flask application or ``db`` not
         a Flask-SQLAlchemy ``SQLAlchemy``.
     """
-    if not isinstance(app, Flask):
-        raise TypeError(
-            f"wsgi_sqla.flask_sqlalchemy.init_app: app must be a flask.Flask, got {app!r}"
-        )
-    if not isinstance(db, SQLAlchemy):
-        raise TypeError(
-            "wsgi_sqla.flask_sqlalchemy.init_app: db must be a flask_sqlalchemy.SQLAlchemy, "
-            f"got {db!r}"
-        )
+    check_init_app("wsgi_sqla.flask_sqlalchemy.init_app", app, db, SQLAlchemy)
     unit_session, registry = _adopt(db)
     for index, teardown in enumerate(app.teardown_appcontext_funcs):
         if teardown == db.__class__._teardown_session.__get__(db):  # db.init_app ran first

@@ -37,6 +37,7 @@ from flask import Flask
 from flask_sqlalchemy_lite import SQLAlchemy
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
+from . import _flask
 from ._flask import ExplicitCommitError, UnitRegistry, ViewApp, refuse_commit, running, unit_scoped
 from ._middleware import SessionMiddleware
 from ._owners import own_engine
@@ -73,15 +74,7 @@ def init_app(
     :raises TypeError: when ``app`` is not a Flask application or ``db`` not
         a Flask-SQLAlchemy-Lite ``SQLAlchemy``.
     """
-    if not isinstance(app, Flask):
-        raise TypeError(
-            f"wsgi_sqla.flask_sqlalchemy_lite.init_app: app must be a flask.Flask, got {app!r}"
-        )
-    if not isinstance(db, SQLAlchemy):
-        raise TypeError(
-            "wsgi_sqla.flask_sqlalchemy_lite.init_app: db must be a "
-            f"flask_sqlalchemy_lite.SQLAlchemy, got {db!r}"
-        )
+    _flask.check_init_app("wsgi_sqla.flask_sqlalchemy_lite.init_app", app, db, SQLAlchemy)
     adopted = _adopt(db)
     adopted.own_engines(app)
     middleware = SessionMiddleware(
