@@ -283,7 +283,7 @@ def launch(
             pwd.getpwnam("www-data")
         except KeyError:
             raise Unavailable("a www-data user for Apache's mod_wsgi daemon processes") from None
-        root = readable_copy(ROOT / "wsgi_sqla", ROOT / "examples", *files)
+        root = readable_copy(ROOT / "wsgi_sqla", ROOT / "harness", ROOT / "examples", *files)
         server = ModWsgi(app, [], env, log, worker_count=workers, root=root, cleanup=[root])
         server.port = free_port()  # Apache cannot be told to bind port 0
     else:
