@@ -98,6 +98,21 @@ def live_requested() -> bool:
     return os.environ.get(LIVE) == "1" or os.environ.get("CI") == "true"
 
 
+def require_flask_sqlalchemy() -> None:
+    """Skip the calling module (a conftest.py: its directory) without Flask-SQLAlchemy.
+
+    Flask-SQLAlchemy and Flask-Migrate come with the ``test`` extra; nox's
+    oldest combination (SQLAlchemy 2.0.0) leaves them out, because
+    Flask-SQLAlchemy 3.1 needs SQLAlchemy>=2.0.16.
+    """
+    reason = (
+        "Flask-SQLAlchemy and Flask-Migrate are not installed: pip install -e '.[test]' "
+        "(they need SQLAlchemy>=2.0.16, so nox's SQLAlchemy 2.0.0 combination leaves them out)"
+    )
+    pytest.importorskip("flask_sqlalchemy", reason=reason)
+    pytest.importorskip("flask_migrate", reason=reason)
+
+
 # -- databases -------------------------------------------------------------------------
 
 #: Each database of the matrix, and the variable holding its URL (SQLite needs none).

@@ -10,10 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import flask
 import pytest
-from fsa_support import FsaModels, LiteModels, make_app, make_lite_app, sqlalchemy_uri
-from sqlalchemy import Engine
+from support import require_flask_sqlalchemy
+
+require_flask_sqlalchemy()
+
+import flask  # noqa: E402
+from fsa_support import FsaModels, LiteModels, make_app, make_lite_app, sqlalchemy_uri  # noqa: E402
+from sqlalchemy import Engine  # noqa: E402
 
 #: Flask-SQLAlchemy's flaskr example runs in a pytest of its own (test_vendored_flaskr.py).
 collect_ignore = ["vendored_flaskr"]

@@ -13,6 +13,9 @@ from pathlib import Path
 
 from migration_support import play
 from sqlalchemy import Engine, inspect
+from support import require_flask_sqlalchemy
+
+require_flask_sqlalchemy()  # the page's blog.py imports them in the subprocesses
 
 PAGE = "migrations/flask-migrate.rst"
 
