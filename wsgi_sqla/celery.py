@@ -48,13 +48,13 @@ from typing_extensions import Never
 
 try:
     from celery import Task
-except ModuleNotFoundError as exc:
-    if exc.name != "celery":  # Celery is there but broken: its own error says more
+except ModuleNotFoundError as _missing:
+    if _missing.name != "celery":  # Celery is there but broken: its own error says more
         raise
     raise ModuleNotFoundError(
         'wsgi_sqla.celery needs Celery, which is not installed: pip install "wsgi_sqla[celery]"',
         name="celery",
-    ) from exc
+    ) from _missing
 
 from ._once import TaskRuns, run_once, task_key, task_runs
 from ._owners import check_sessions, own_sessions, refuse_removed
