@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask
@@ -46,13 +46,25 @@ class ExplicitCommitError(RuntimeError):
     """
 
 
-def check_init_app(where: str, app: object, db: object, db_type: type) -> None:
-    """Refuse, naming ``where``, an ``app`` that is not Flask or a ``db`` of another type."""
+def check_init_app(
+    where: str, app: object, db: object, db_type: type, options: Mapping[str, object]
+) -> None:
+    """Refuse, naming ``where``, an ``app`` that is not Flask, a ``db`` of another type,
+    or middleware ``options`` the adapters cannot honour (``idempotency=``)."""
     if not isinstance(app, Flask):
         raise TypeError(f"{where}: app must be a flask.Flask, got {app!r}")
+    kind = f"{db_type.__module__.split('.')[0]}.{db_type.__qualname__}"
     if not isinstance(db, db_type):
-        kind = f"{db_type.__module__.split('.')[0]}.{db_type.__qualname__}"
         raise TypeError(f"{where}: db must be a {kind}, got {db!r}")
+    if options.get("idempotency") is not None:
+        # The keys' store claims keys on its engine before the application runs, outside
+        # any application context; the adapters' sessions find their engine per application.
+        raise TypeError(
+            f"{where}: idempotency=IdempotencyKeys() is not supported with {kind} yet: the "
+            "keys' table needs a session bound to one engine, and its sessions choose their "
+            "engine per application. Serve keyed routes through SessionMiddleware over a "
+            "scoped_session(sessionmaker(bind=engine)) of your own"
+        )
 
 
 def refuse_commit(caller_depth: int) -> None:

@@ -101,9 +101,11 @@ def init_app(
         that called it, instead of committing: for teams removing their
         manual commits. Outside requests commits are never refused.
     :raises TypeError: when ``app`` is not a Flask application or ``db`` not
-        a Flask-SQLAlchemy ``SQLAlchemy``.
+        a Flask-SQLAlchemy ``SQLAlchemy``, or ``idempotency=`` is given:
+        :class:`~wsgi_sqla.IdempotencyKeys` are not supported with the
+        adapters yet (their table needs a session bound to one engine).
     """
-    check_init_app("wsgi_sqla.flask_sqlalchemy.init_app", app, db, SQLAlchemy)
+    check_init_app("wsgi_sqla.flask_sqlalchemy.init_app", app, db, SQLAlchemy, middleware_options)
     unit_session, registry = _adopt(db)
     for index, teardown in enumerate(app.teardown_appcontext_funcs):
         if teardown == db.__class__._teardown_session.__get__(db):  # db.init_app ran first

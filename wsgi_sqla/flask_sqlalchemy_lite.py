@@ -72,9 +72,11 @@ def init_app(
         the file and line of the call. Outside requests commits are never
         refused.
     :raises TypeError: when ``app`` is not a Flask application or ``db`` not
-        a Flask-SQLAlchemy-Lite ``SQLAlchemy``.
+        a Flask-SQLAlchemy-Lite ``SQLAlchemy``, or ``idempotency=`` is given:
+        :class:`~wsgi_sqla.IdempotencyKeys` are not supported with the
+        adapters yet (their table needs a session bound to one engine).
     """
-    _flask.check_init_app("wsgi_sqla.flask_sqlalchemy_lite.init_app", app, db, SQLAlchemy)
+    _flask.check_init_app("wsgi_sqla.flask_sqlalchemy_lite.init_app", app, db, SQLAlchemy, options)
     adopted = _adopt(db)
     adopted.own_engines(app)
     middleware = SessionMiddleware(

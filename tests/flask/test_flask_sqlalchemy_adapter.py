@@ -7,6 +7,7 @@ MariaDB, and reads the database through a separate connection (``probe``).
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from sqlalchemy.orm import scoped_session
 from support import Probe, backend, ignore_response, in_child, make_engine, serve
 
 import wsgi_sqla.flask_sqlalchemy
-from wsgi_sqla import SessionMiddleware
+from wsgi_sqla import IdempotencyKeys, SessionMiddleware
 from wsgi_sqla.flask_sqlalchemy import ExplicitCommitError
 
 AppFactory = Callable[..., flask.Flask]
@@ -366,6 +367,25 @@ def test_init_app_refuses_what_is_not_flask_and_flask_sqlalchemy(fsa: FsaModels)
         wsgi_sqla.flask_sqlalchemy.init_app(object(), fsa.db)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"flask_sqlalchemy\.SQLAlchemy"):
         wsgi_sqla.flask_sqlalchemy.init_app(flask.Flask(__name__), scoped_session)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("adapter", "db_type"),
+    [
+        ("flask_sqlalchemy", "flask_sqlalchemy.SQLAlchemy"),
+        ("flask_sqlalchemy_lite", "flask_sqlalchemy_lite.SQLAlchemy"),
+    ],
+)
+def test_idempotency_keys_are_refused_by_the_adapters_naming_why(
+    adapter: str, db_type: str
+) -> None:
+    module = importlib.import_module(f"wsgi_sqla.{adapter}")
+    db_module, db_class = db_type.rsplit(".", 1)
+    db = getattr(importlib.import_module(db_module), db_class)()
+    app = flask.Flask(__name__)
+    with pytest.raises(TypeError, match=rf"wsgi_sqla\.{adapter}\.init_app: idempotency="):
+        module.init_app(app, db, idempotency=IdempotencyKeys())
+    assert app.wsgi_app.__class__ is not SessionMiddleware, "wrapped although refused"
 
 
 # -- Flask's test client, as tests are usually written -----------------------------------------
