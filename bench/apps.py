@@ -343,6 +343,19 @@ def _with_idempotency(url: str) -> System:
     return system
 
 
+def _with_otel_api(url: str) -> System:
+    # The API installed, no provider set: what an application pays that has the API
+    # (often pulled in by another package) and configures nothing.
+    return _wsgi_sqla(url, OTEL_API)
+
+
+def _with_otel_sdk(url: str) -> System:
+    from .telemetry import configure
+
+    configure("sdk")  # the SDK's providers, spans batched to an exporter that drops them
+    return _wsgi_sqla(url, OTEL_SDK)
+
+
 LOWER_BOUND = "hand-written"
 
 SYSTEMS: dict[str, Callable[[str], System]] = {
@@ -362,6 +375,12 @@ VARIANTS: dict[str, Callable[[str], System]] = {
     # The benchmark's requests carry no Idempotency-Key: what the feature costs them.
     "wsgi_sqla, idempotency=IdempotencyKeys()": _with_idempotency,
 }
+#: The OpenTelemetry variants: the only ones whose process may import the API (see
+#: bench.instructions: every other system runs as a user without the otel extra does).
+OTEL_API = "wsgi_sqla, OpenTelemetry API without providers"
+OTEL_SDK = "wsgi_sqla, OpenTelemetry SDK"
+VARIANTS[OTEL_API] = _with_otel_api
+VARIANTS[OTEL_SDK] = _with_otel_sdk
 
 
 def build(name: str, url: str) -> System:

@@ -36,6 +36,13 @@ How one figure is taken:
   :data:`SEEDS` and the figure is the median; a cut of less than about 1%
   on a route with a database is not told apart from that by one run.
 
+Every system but the OpenTelemetry variants runs in an interpreter where
+``import opentelemetry`` fails, as it does without the ``otel`` extra: the
+test extra installs the SDK, and with the API importable every unit of
+wsgi_sqla takes the API's no-op path (about 27k instructions a request
+without providers). The two variants :data:`bench.apps.OTEL_API` and
+:data:`bench.apps.OTEL_SDK` state that cost.
+
 Each request is served as a server serves it (:func:`bench.inprocess.call`:
 the environ copied, the body iterated and closed), the same code for every
 system. Only callgrind's total (``Ir``) is read here; with ``--keep DIR``
@@ -173,6 +180,11 @@ def _serve(system_name: str, url: str, stretches: Stretches) -> list[list[object
     return marked
 
 
+_CHILD = "import runpy; runpy.run_module('bench.instructions', run_name='__main__')"
+# What an interpreter without the otel extra raises at ``import opentelemetry``.
+_WITHOUT_OTEL = "import sys; sys.modules['opentelemetry'] = None; "
+
+
 # -- the parent ---------------------------------------------------------------------------
 
 _SUMMARY = re.compile(rb"^(?:summary|totals):\s+(\d+)", re.MULTILINE)
@@ -193,6 +205,7 @@ def count(
         # The same path for every system (the directory names have the same length).
         url = f"sqlite:///{tmp}/bench.sqlite3"
         out = Path(tmp) / "callgrind.out"
+        otel = system in (apps.OTEL_API, apps.OTEL_SDK)
         command = [
             "valgrind",
             "--tool=callgrind",
@@ -200,8 +213,8 @@ def count(
             f"--callgrind-out-file={out}",
             "--quiet",
             sys.executable,
-            "-m",
-            "bench.instructions",
+            "-c",
+            _CHILD if otel else _WITHOUT_OTEL + _CHILD,
             system,
             url,
             str(stretches.warmup),
@@ -368,6 +381,13 @@ def rst(
 def _child() -> None:
     system, url, *numbers = sys.argv[1:]
     warmup, small, large = map(int, numbers)
+    from wsgi_sqla._telemetry import tracing
+
+    otel = system in (apps.OTEL_API, apps.OTEL_SDK)
+    if otel and tracing is None:
+        raise RuntimeError(f"{system}: the OpenTelemetry API is not installed")
+    if not otel and tracing is not None:
+        raise RuntimeError(f"{system}: the OpenTelemetry API was imported; it must not be")
     print(json.dumps(_serve(system, url, Stretches(warmup, small, large))))
 
 
