@@ -379,6 +379,7 @@ VARIANTS: dict[str, Callable[[str], System]] = {
 #: bench.instructions: every other system runs as a user without the otel extra does).
 OTEL_API = "wsgi_sqla, OpenTelemetry API without providers"
 OTEL_SDK = "wsgi_sqla, OpenTelemetry SDK"
+OTEL_VARIANTS = (OTEL_API, OTEL_SDK)
 VARIANTS[OTEL_API] = _with_otel_api
 VARIANTS[OTEL_SDK] = _with_otel_sdk
 

@@ -40,8 +40,8 @@ Every system but the OpenTelemetry variants runs in an interpreter where
 ``import opentelemetry`` fails, as it does without the ``otel`` extra: the
 test extra installs the SDK, and with the API importable every unit of
 wsgi_sqla takes the API's no-op path (about 27k instructions a request
-without providers). The two variants :data:`bench.apps.OTEL_API` and
-:data:`bench.apps.OTEL_SDK` state that cost.
+without providers). The variants of :data:`bench.apps.OTEL_VARIANTS`
+state that cost.
 
 Each request is served as a server serves it (:func:`bench.inprocess.call`:
 the environ copied, the body iterated and closed), the same code for every
@@ -205,7 +205,7 @@ def count(
         # The same path for every system (the directory names have the same length).
         url = f"sqlite:///{tmp}/bench.sqlite3"
         out = Path(tmp) / "callgrind.out"
-        otel = system in (apps.OTEL_API, apps.OTEL_SDK)
+        otel = system in apps.OTEL_VARIANTS
         command = [
             "valgrind",
             "--tool=callgrind",
@@ -383,7 +383,7 @@ def _child() -> None:
     warmup, small, large = map(int, numbers)
     from wsgi_sqla._telemetry import tracing
 
-    otel = system in (apps.OTEL_API, apps.OTEL_SDK)
+    otel = system in apps.OTEL_VARIANTS
     if otel and tracing is None:
         raise RuntimeError(f"{system}: the OpenTelemetry API is not installed")
     if not otel and tracing is not None:
