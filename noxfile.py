@@ -105,10 +105,7 @@ def tests(
     session: nox.Session, sqlalchemy: str, pins: tuple[str, ...], left_out: tuple[str, ...]
 ) -> None:
     """The test suite, minus MariaDB and the real-server tests, on one combination."""
-    if left_out:
-        session.install(".", *test_requirements(left_out), f"SQLAlchemy=={sqlalchemy}", *pins)
-    else:
-        session.install(".[test]", f"SQLAlchemy=={sqlalchemy}", *pins)
+    session.install(".", *test_requirements(left_out), f"SQLAlchemy=={sqlalchemy}", *pins)
     session.run(
         "python",
         "-c",
