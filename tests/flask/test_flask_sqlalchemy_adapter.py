@@ -7,7 +7,7 @@ MariaDB, and reads the database through a separate connection (``probe``).
 
 from __future__ import annotations
 
-import importlib
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +15,8 @@ from typing import Any
 
 import flask
 import flask.testing
+import flask_sqlalchemy
+import flask_sqlalchemy_lite
 import pytest
 from flask_sqlalchemy.track_modifications import models_committed
 from fsa_support import FsaModels, InitOrder, body_streaming, make_app
@@ -22,6 +24,7 @@ from sqlalchemy.orm import scoped_session
 from support import Probe, backend, ignore_response, in_child, make_engine, serve
 
 import wsgi_sqla.flask_sqlalchemy
+import wsgi_sqla.flask_sqlalchemy_lite
 from wsgi_sqla import IdempotencyKeys, SessionMiddleware
 from wsgi_sqla.flask_sqlalchemy import ExplicitCommitError
 
@@ -370,21 +373,20 @@ def test_init_app_refuses_what_is_not_flask_and_flask_sqlalchemy(fsa: FsaModels)
 
 
 @pytest.mark.parametrize(
-    ("adapter", "db_type"),
+    ("init_app", "db_type"),
     [
-        ("flask_sqlalchemy", "flask_sqlalchemy.SQLAlchemy"),
-        ("flask_sqlalchemy_lite", "flask_sqlalchemy_lite.SQLAlchemy"),
+        (wsgi_sqla.flask_sqlalchemy.init_app, flask_sqlalchemy.SQLAlchemy),
+        (wsgi_sqla.flask_sqlalchemy_lite.init_app, flask_sqlalchemy_lite.SQLAlchemy),
     ],
+    ids=["flask_sqlalchemy", "flask_sqlalchemy_lite"],
 )
 def test_idempotency_keys_are_refused_by_the_adapters_naming_why(
-    adapter: str, db_type: str
+    init_app: Callable[..., SessionMiddleware], db_type: type
 ) -> None:
-    module = importlib.import_module(f"wsgi_sqla.{adapter}")
-    db_module, db_class = db_type.rsplit(".", 1)
-    db = getattr(importlib.import_module(db_module), db_class)()
     app = flask.Flask(__name__)
-    with pytest.raises(TypeError, match=rf"wsgi_sqla\.{adapter}\.init_app: idempotency="):
-        module.init_app(app, db, idempotency=IdempotencyKeys())
+    named = rf"{re.escape(init_app.__module__)}\.init_app: idempotency="
+    with pytest.raises(TypeError, match=named):
+        init_app(app, db_type(), idempotency=IdempotencyKeys())
     assert app.wsgi_app.__class__ is not SessionMiddleware, "wrapped although refused"
 
 
