@@ -11,7 +11,6 @@ there: their own failures are logged.
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 from sqlalchemy.orm import scoped_session
@@ -21,8 +20,6 @@ __all__ = ["is_live", "remove_one", "rollback_one"]
 
 logger = logging.getLogger("wsgi_sqla")
 
-_THREAD_LOCAL = type(threading.local())
-
 
 def is_live(scoped: scoped_session[Any]) -> bool:
     """Whether ``scoped`` holds a session for the current scope, without creating one.
@@ -31,17 +28,18 @@ def is_live(scoped: scoped_session[Any]) -> bool:
     thread-local registry that method raises and catches an AttributeError
     on every miss, and a request that never touches the database asks this
     for each session at its start, decision and end; so that common case
-    reads the thread's ``threading.local`` dict directly (1.5k instructions
-    against 5.3k for ``has()`` on a miss; callgrind, Python 3.11), and any other
-    registry (``scopefunc=``) goes through ``has()``. The layout read here is
-    SQLAlchemy's (``ThreadLocalRegistry.registry.value``); tests/unit_of_work/test_unit.py
-    fails if it changes.
+    reads the registry's per-thread ``__dict__`` directly (61 ns against 350 ns
+    for ``has()`` on a miss, Python 3.11), and any other registry
+    (``scopefunc=``) goes through ``has()``. Every thread-local type keeps its
+    attributes in a per-thread ``__dict__``: the standard library's (C and
+    ``_threading_local``) and gevent's, per greenlet. The layout read here is
+    SQLAlchemy's (``ThreadLocalRegistry.registry.value``);
+    tests/unit_of_work/test_unit.py fails if it changes.
     """
     registry = scoped.registry
     if type(registry) is ThreadLocalRegistry:
-        local = registry.registry
-        if type(local) is _THREAD_LOCAL:
-            return "value" in local.__dict__
+        # No check of the local's type: it cost 35 ns of the 96 (timeit).
+        return "value" in registry.registry.__dict__
     return registry.has()
 
 

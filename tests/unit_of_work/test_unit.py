@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _threading_local
 import threading
 from typing import Any
 
@@ -47,3 +48,25 @@ def test_liveness_check_reads_sqlalchemys_thread_local_registry_directly() -> No
     assert "value" in local.__dict__
     scoped.remove()
     assert "value" not in local.__dict__
+
+
+@pytest.mark.parametrize(
+    "local_type",
+    [threading.local, _threading_local.local],
+    ids=["C threading.local", "pure-Python _threading_local.local"],
+)
+def test_liveness_check_is_per_thread_with_any_thread_local_type(local_type: type) -> None:
+    # is_live() reads the local's __dict__ without checking its type: a registry
+    # made while threading.local was replaced (gevent's patching, the pure-Python
+    # fallback) must answer the same, per thread.
+    scoped = scoped_session(sessionmaker(bind=create_engine("sqlite://")))
+    scoped.registry.registry = local_type()  # type: ignore[attr-defined]
+    scoped()
+    seen: list[bool] = []
+    thread = threading.Thread(target=lambda: seen.append(is_live(scoped)))
+    thread.start()
+    thread.join()
+    assert seen == [False]
+    assert is_live(scoped) is scoped.registry.has() is True
+    scoped.remove()
+    assert is_live(scoped) is scoped.registry.has() is False
