@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -10,7 +11,7 @@ import pytest
 from sqlalchemy import select
 from support import ClosingBody, FakeServer, Models, Probe, ignore_response
 
-from wsgi_sqla import SessionMiddleware, StaleSessionWarning
+from wsgi_sqla import SessionMiddleware, StaleSessionWarning, current_unit
 
 
 def streaming(models: Models, status: str = "200 OK", fail: bool = False) -> Any:
@@ -83,6 +84,60 @@ def test_work_done_while_streaming_is_rolled_back_unless_the_body_ends_cleanly(
     assert type(seen.error) is (error or type(None))
     assert probe.names() == kept
     assert probe.checked_out() == 0
+
+
+@pytest.mark.parametrize("served", [{}, {"disconnect_after": 1}], ids=["read-to-end", "cut-short"])
+def test_the_requests_unit_is_current_in_every_chunk_and_in_close(
+    session: Any, models: Models, fake_server: FakeServer, served: dict[str, Any]
+) -> None:
+    units: dict[str, object] = {}
+
+    def app(environ: Any, start_response: Any) -> Iterator[bytes]:
+        units["call"] = current_unit()
+        start_response("200 OK", [])
+
+        def body() -> Iterator[bytes]:
+            try:
+                units["first chunk"] = current_unit()
+                yield b"a"
+                units["second chunk"] = current_unit()
+                yield b"b"
+            finally:  # at the end of the body, or in close() when the client left
+                units["end"] = current_unit()
+
+        return body()
+
+    fake_server(SessionMiddleware(app, session), **served)
+    assert units["call"] is not None
+    assert {name: unit is units["call"] for name, unit in units.items()} == {
+        name: True for name in units
+    }
+    assert current_unit() is None
+
+
+def test_context_variables_the_body_sets_last_from_chunk_to_chunk(
+    session: Any, models: Models, fake_server: FakeServer
+) -> None:
+    # What Flask's stream_with_context relies on: a token set in one chunk is
+    # reset in a later one, in the same context.
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("test_body_var", default="unset")
+    seen: list[str] = []
+
+    def app(environ: Any, start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [])
+
+        def body() -> Iterator[bytes]:
+            token = var.set("set in the first chunk")
+            yield b"a"
+            seen.append(var.get())
+            var.reset(token)
+            yield b"b"
+
+        return body()
+
+    exchange = fake_server(SessionMiddleware(app, session))
+    assert exchange.error is None
+    assert seen == ["set in the first chunk"]
 
 
 def test_body_is_streamed_not_buffered(session: Any, models: Models) -> None:
