@@ -340,7 +340,7 @@ class KeyedRun:
         body = b"".join(chunks)
         unit = current.get()
         assert unit is not None
-        commit, _reason = unit.decide(partial(self.commit_veto, environ, status, headers))
+        commit, _reason = unit.decide(self.commit_veto, environ, status, headers)
         if commit:
             kept = [(name, value) for name, value in headers if name.lower() not in _HOP_BY_HOP]
             limit = self.store.keys.response_limit

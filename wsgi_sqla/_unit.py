@@ -181,12 +181,14 @@ class UnitOfWork:
         """
         return cleanly and self._forced != "rollback"
 
-    def decide(self, vetoed: Callable[[], bool] | None = None) -> tuple[bool, str]:
+    def decide(
+        self, vetoed: Callable[..., bool] | None = None, *args: Any
+    ) -> tuple[bool, str]:
         """Whether this unit commits, and why: ``(commit, reason)``.
 
         The one rule every owner applies once its work ended without an
         exception: an outcome forced with :meth:`force` wins; otherwise the
-        unit commits unless ``vetoed()`` (the owner's rule, called only
+        unit commits unless ``vetoed(*args)`` (the owner's rule, called only
         then) returns true. Without ``vetoed`` it commits. The reason is
         ``"force_commit"``, ``"force_rollback"``, ``"veto"`` (``vetoed``
         decided) or ``"ended"``.
@@ -196,7 +198,7 @@ class UnitOfWork:
             decision = (forced == "commit", f"force_{forced}")
         elif vetoed is None:
             decision = (True, "ended")
-        elif vetoed():
+        elif vetoed(*args):
             decision = (False, "veto")
         else:
             decision = (True, "veto")
