@@ -33,7 +33,7 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec
 
 from sqlalchemy.exc import PendingRollbackError
 from sqlalchemy.orm import scoped_session
@@ -72,6 +72,7 @@ logger = logging.getLogger("wsgi_sqla")
 Outcome = Literal["commit", "rollback"]
 """What an application can force a unit to do, whatever its owner's rule says."""
 
+_P = ParamSpec("_P")
 _Hook = tuple[Callable[..., object], tuple[Any, ...], dict[str, Any]]
 
 
@@ -182,13 +183,13 @@ class UnitOfWork:
         return cleanly and self._forced != "rollback"
 
     def decide(
-        self, vetoed: Callable[..., bool] | None = None, *args: Any
+        self, vetoed: Callable[_P, bool] | None = None, *args: _P.args, **kwargs: _P.kwargs
     ) -> tuple[bool, str]:
         """Whether this unit commits, and why: ``(commit, reason)``.
 
         The one rule every owner applies once its work ended without an
         exception: an outcome forced with :meth:`force` wins; otherwise the
-        unit commits unless ``vetoed(*args)`` (the owner's rule, called only
+        unit commits unless ``vetoed(*args, **kwargs)`` (the owner's rule, called only
         then) returns true. Without ``vetoed`` it commits. The reason is
         ``"force_commit"``, ``"force_rollback"``, ``"veto"`` (``vetoed``
         decided) or ``"ended"``.
@@ -198,7 +199,7 @@ class UnitOfWork:
             decision = (forced == "commit", f"force_{forced}")
         elif vetoed is None:
             decision = (True, "ended")
-        elif vetoed(*args):
+        elif vetoed(*args, **kwargs):
             decision = (False, "veto")
         else:
             decision = (True, "veto")
