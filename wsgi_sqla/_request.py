@@ -11,10 +11,10 @@ iterable and ends the unit exactly once.
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -69,7 +69,6 @@ class RequestUnit:
         "_app_iter",
         "_closed",
         "_committed",
-        "_context",
         "_decided",
         "_environ",
         "_exc_info",
@@ -91,9 +90,6 @@ class RequestUnit:
 
     #: the request body's counter, set by run(); ``None`` for a request without a body
     _input: CountedInput | None
-    #: where the body is pulled and the iterable closed: this context as run() left
-    #: it, with the unit current; set by run() before the server can have either
-    _context: contextvars.Context
 
     def __init__(
         self,
@@ -180,10 +176,6 @@ class RequestUnit:
                 if self._input is not None and self._input.refused:
                     # The 400's body replaces the application's, which close() still closes.
                     self._first, self._iterator, self._plain = REFUSED_BODY, iter(()), True
-                # A copy of this context, with the unit current, for the body's chunks and
-                # close(): entering it is a pointer swap, where setting and resetting the
-                # variable around each of them cost 2.1k instructions (callgrind).
-                self._context = contextvars.copy_context()
             except BaseException as exc:
                 if self._server_write is not None:
                     record(exc).started = True
@@ -270,7 +262,7 @@ class RequestUnit:
     def _decide(self) -> None:
         """Commit or roll back, then hand the status and headers to the server."""
         self._decided = True
-        if self._input is not None and self._input.truncated:
+        if self._truncated():
             self._refuse()
             return
         status = self._status
@@ -279,10 +271,8 @@ class RequestUnit:
         if tracing is not None:
             tracing.responded(unit._trace, status, self._middleware)
         try:
-            # The veto's arguments passed on rather than bound with partial(), and the
-            # truncation test above inline: together 1.4k instructions (callgrind).
             commit, reason = unit.decide(
-                self._middleware.commit_veto, self._environ, status, self._headers
+                partial(self._middleware.commit_veto, self._environ, status, self._headers)
             )
         except BaseException as exc:
             self._failure = exc
@@ -356,7 +346,6 @@ class RequestUnit:
             )
         self._exc_info = None
         self._finished = False
-        self._context = contextvars.copy_context()
         self.close()
 
     # -- the iterable returned to the server ------------------------------
@@ -365,8 +354,6 @@ class RequestUnit:
         # A generator rather than __next__ (8.9k instructions against 10.4k for a
         # one-chunk body, 28.6k against 33.8k for ten; callgrind): resuming it costs
         # no new frame per chunk, and next(..., _END) ends it without StopIteration.
-        # (Built of C iterators instead, chain() and iter(partial(...), _END), it cost
-        # 3.4k more.)
         first = self._first
         if first is not None:
             self._first = None
@@ -377,9 +364,13 @@ class RequestUnit:
             yield from iterator
             self._finished = True
             return
-        pull = self._context.run
+        unit = self.unit
         while True:
-            chunk = pull(next, iterator, _END)
+            token = current.set(unit)
+            try:
+                chunk = next(iterator, _END)
+            finally:
+                current.reset(token)
             if chunk is _END:
                 self._finished = True
                 return
@@ -393,17 +384,18 @@ class RequestUnit:
         close = getattr(self._app_iter, "close", None)
         if close is None:
             self._settle()
-        else:
-            self._context.run(self._close_app, close)
-
-    def _close_app(self, close: Callable[[], object]) -> None:
+            return
+        token = current.set(self.unit)
         try:
-            close()
-        except BaseException:
-            self._finished = False
-            raise
+            try:
+                close()
+            except BaseException:
+                self._finished = False
+                raise
+            finally:
+                self._settle()
         finally:
-            self._settle()
+            current.reset(token)
 
     def _settle(self) -> None:
         """Commit work done while streaming if the response committed, else roll back."""
