@@ -60,7 +60,7 @@ def test_liveness_check_is_per_thread_with_any_thread_local_type(local_type: typ
     # made while threading.local was replaced (gevent's patching, the pure-Python
     # fallback) must answer the same, per thread.
     scoped = scoped_session(sessionmaker(bind=create_engine("sqlite://")))
-    scoped.registry.registry = local_type()  # type: ignore[attr-defined]
+    scoped.registry.registry = local_type()
     scoped()
     seen: list[bool] = []
     thread = threading.Thread(target=lambda: seen.append(is_live(scoped)))
