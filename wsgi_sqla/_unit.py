@@ -33,7 +33,7 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, overload
 
 from sqlalchemy.exc import PendingRollbackError
 from sqlalchemy.orm import scoped_session
@@ -182,8 +182,16 @@ class UnitOfWork:
         """
         return cleanly and self._forced != "rollback"
 
+    @overload
+    def decide(self, /) -> tuple[bool, str]: ...
+
+    @overload
     def decide(
-        self, vetoed: Callable[_P, bool] | None = None, *args: _P.args, **kwargs: _P.kwargs
+        self, vetoed: Callable[_P, bool], /, *args: _P.args, **kwargs: _P.kwargs
+    ) -> tuple[bool, str]: ...
+
+    def decide(
+        self, vetoed: Callable[..., bool] | None = None, /, *args: Any, **kwargs: Any
     ) -> tuple[bool, str]:
         """Whether this unit commits, and why: ``(commit, reason)``.
 
