@@ -183,15 +183,15 @@ class UnitOfWork:
         return cleanly and self._forced != "rollback"
 
     @overload
-    def decide(self, /) -> tuple[bool, str]: ...
+    def decide(self) -> tuple[bool, str]: ...
 
     @overload
     def decide(
-        self, vetoed: Callable[_P, bool], /, *args: _P.args, **kwargs: _P.kwargs
+        self, vetoed: Callable[_P, bool], *args: _P.args, **kwargs: _P.kwargs
     ) -> tuple[bool, str]: ...
 
     def decide(
-        self, vetoed: Callable[..., bool] | None = None, /, *args: Any, **kwargs: Any
+        self, vetoed: Callable[..., bool] | None = None, *args: Any, **kwargs: Any
     ) -> tuple[bool, str]:
         """Whether this unit commits, and why: ``(commit, reason)``.
 

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import scoped_session, sessionmaker
 
+from wsgi_sqla import UnitOfWork
 from wsgi_sqla._registry import is_live
 
 
@@ -59,3 +60,38 @@ def test_liveness_check_is_per_thread_with_any_thread_local_type(local_type: Any
     assert is_live(scoped) is scoped.registry.has() is True
     scoped.remove()
     assert is_live(scoped) is scoped.registry.has() is False
+
+
+def _unit() -> UnitOfWork:
+    return UnitOfWork((scoped_session(sessionmaker(bind=create_engine("sqlite://"))),))
+
+
+def test_decide_passes_its_arguments_on_to_the_veto() -> None:
+    seen: list[tuple[object, ...]] = []
+
+    def vetoed(status: str, *, reason: str) -> bool:
+        seen.append((status, reason))
+        return status.startswith("4")
+
+    assert _unit().decide(vetoed, "404 Not Found", reason="gone") == (False, "veto")
+    assert _unit().decide(vetoed=lambda: False) == (True, "veto")
+    assert seen == [("404 Not Found", "gone")]
+
+
+@pytest.mark.parametrize(
+    ("forced", "veto", "decision"),
+    [
+        (None, None, (True, "ended")),
+        (None, True, (False, "veto")),
+        ("commit", True, (True, "force_commit")),
+        ("rollback", None, (False, "force_rollback")),
+        ("rollback", False, (False, "force_rollback")),
+    ],
+)
+def test_decide_returns_a_forced_outcome_else_the_vetos(
+    forced: Any, veto: bool | None, decision: tuple[bool, str]
+) -> None:
+    unit = _unit()
+    if forced is not None:
+        unit.force(forced)
+    assert (unit.decide() if veto is None else unit.decide(lambda: veto)) == decision
