@@ -92,15 +92,25 @@ class LagMonitor:
                 if not replicas or time.monotonic() - self.last_used > IDLE:
                     return
                 self.started = True
-            interval = 1.0
-            for replica in replicas:
-                # A fork waits for this (see before_fork): a child must not
-                # inherit a lock the driver or OpenSSL holds half-way.
-                with self.measuring:
-                    replica.measure()
-                interval = min(interval, replica.lag_interval())
+            interval = self.measure_round(replicas)
             del replicas  # held weakly between rounds
             time.sleep(interval)
+
+    def measure_round(self, replicas: list[Replica]) -> float:
+        """Measure each of ``replicas`` once; the seconds until the next round.
+
+        A function of its own so that no reference to a replica outlives the
+        round: a loop variable left in ``run()`` held the last one measured
+        (whichever the set yields last) through every sleep, and so forever.
+        """
+        interval = 1.0
+        for replica in replicas:
+            # A fork waits for this (see before_fork): a child must not
+            # inherit a lock the driver or OpenSSL holds half-way.
+            with self.measuring:
+                replica.measure()
+            interval = min(interval, replica.lag_interval())
+        return interval
 
     def forget(self) -> None:
         """In a forked child: no thread runs, and the parent's monitor connections are not ours.
