@@ -8,6 +8,8 @@ the systems are measured in one run, interleaved, so that whatever else
 the machine is doing falls on all of them alike:
 
 * :mod:`bench.apps` builds the six systems and the four requests;
+* :mod:`bench.plain` makes ``import opentelemetry`` fail first, so that every
+  system runs with wsgi_sqla's optional features off;
 * :mod:`bench.inprocess` times the WSGI applications called directly and counts
   their SQL round trips with :func:`wsgi_sqla.testing.count_round_trips`;
 * :mod:`bench.endtoend` measures requests per second through gunicorn;

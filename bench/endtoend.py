@@ -88,7 +88,7 @@ def measure(
         ports = {
             s: servers.enter_context(
                 gunicorn(
-                    f"bench.apps:wsgi({s!r}, {urls[s]!r})",
+                    f"bench.plain:wsgi({s!r}, {urls[s]!r})",
                     log_dir / f"gunicorn-{s}.log",
                     ["--workers", str(workers)],
                 )

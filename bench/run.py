@@ -227,6 +227,9 @@ def _method(settings: Settings, e2e: bool) -> list[str]:
         "Same Flask app and work for every system (see bench/apps.py); one engine per "
         "system with SQLAlchemy's default pool; SQLite is a file in a temporary directory "
         "with WAL and synchronous=NORMAL.",
+        "Every optional feature of wsgi_sqla off: ``import opentelemetry`` fails in the "
+        "benchmark and its servers, as without the otel extra (bench/plain.py); what "
+        "telemetry costs is in the instructions table's feature rows.",
         "In process: the WSGI app is called directly with a copy of a prepared environ; "
         "the body is iterated and closed, as a server does. Each request is timed alone "
         f"(perf_counter_ns); {settings.rounds} rounds, each running a batch of "
