@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -272,7 +271,7 @@ class RequestUnit:
             tracing.responded(unit._trace, status, self._middleware)
         try:
             commit, reason = unit.decide(
-                partial(self._middleware.commit_veto, self._environ, status, self._headers)
+                self._middleware.commit_veto, self._environ, status, self._headers
             )
         except BaseException as exc:
             self._failure = exc
