@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, func, insert, select
+import webtest
+from sqlalchemy import Connection, Engine, func, insert, select, text
+from sqlalchemy.pool import NullPool
 
 from harness.clusters import Cluster, Server
+from harness.net import wait_until
 from wsgi_sqla.testing import RoundTrips, count_round_trips
 
 from .replica_app import App, Item, make_app
@@ -74,6 +78,55 @@ def writing_on(cluster: Cluster, every: float = 0.05) -> Iterator[None]:
         stop.set()
         thread.join()
         engine.dispose()
+
+
+@contextmanager
+def replay_paused(cluster: Cluster) -> Iterator[None]:
+    """PostgreSQL: every replica keeps receiving WAL but applies none of it while the block runs."""
+    for replica in cluster.replicas:
+        replica.admin("SELECT pg_wal_replay_pause()")
+    try:
+        yield
+    finally:
+        for replica in cluster.replicas:
+            replica.admin("SELECT pg_wal_replay_resume()")
+
+
+def commit_received(cluster: Cluster) -> None:
+    """PostgreSQL: commit a row on the primary and wait until every replica has received it."""
+    engine = cluster.primary.engine(poolclass=NullPool)
+    with engine.begin() as connection:
+        connection.execute(insert(Item).values(name="after a quiet spell"))
+    with engine.connect() as connection:
+        target = connection.execute(text("SELECT pg_current_wal_lsn()")).scalar_one()
+    received = text("SELECT pg_last_wal_receive_lsn() >= CAST(:t AS pg_lsn)")
+    for replica in cluster.replicas:
+        with replica.engine(poolclass=NullPool).connect() as connection:
+
+            def has_it(connection: Connection = connection) -> bool:
+                return bool(connection.execute(received, {"t": target}).scalar_one())
+
+            wait_until(has_it, f"the replica on {replica.port} receiving the commit")
+
+
+def ports_reading_a_commit_held_unapplied(
+    cluster: Cluster, max_lag: float, held: float
+) -> set[int]:
+    """PostgreSQL: the ports serving reads once a commit made after 3 quiet seconds has
+    been received by every replica and held there unapplied for ``held`` seconds.
+
+    Replay stays paused so that the moment between receiving and applying
+    lasts; in life it is milliseconds, and a lag monitor landing in it failed a
+    CI run.
+    """
+    with app_over(cluster, max_lag=max_lag) as built:
+        client = webtest.TestApp(built.wsgi)
+        client.get("/nothing")  # the first unit starts the lag monitor
+        time.sleep(3)
+        with replay_paused(cluster):
+            commit_received(cluster)
+            time.sleep(held)
+            return served_ports(lambda: client.get("/where").json, 4)
 
 
 def served_ports(get: Callable[[], dict[str, Any]], times: int) -> set[int]:

@@ -32,6 +32,7 @@ from .checks import (
     app_over,
     client_connection_ids,
     counting_all,
+    ports_reading_a_commit_held_unapplied,
     rows_everywhere,
     served_ports,
     writing_on,
@@ -269,6 +270,24 @@ def test_the_lag_measurement_costs_requests_nothing(cluster: Cluster) -> None:
             client.get("/where")
     assert (primary.checkouts, primary.statements) == (0, 0)
     assert (replicas.checkouts, replicas.statements) == (1, 1)
+
+
+@pytest.mark.parametrize("cluster", ["postgresql"], indirect=True)
+def test_a_commit_received_after_a_quiet_spell_leaves_the_replica_within_the_bound(
+    cluster: Cluster,
+) -> None:
+    # PostgreSQL reports only when the last commit it replayed was made: after
+    # 3 quiet seconds, a commit received but not yet applied read as 3 s behind.
+    ports = ports_reading_a_commit_held_unapplied(cluster, max_lag=1.0, held=0.3)
+    assert ports == replica_ports(cluster)  # the monitor measured within the 0.3 s
+
+
+@pytest.mark.parametrize("cluster", ["postgresql"], indirect=True)
+def test_a_replica_that_stops_applying_leaves_once_its_backlog_is_older_than_the_bound(
+    cluster: Cluster,
+) -> None:
+    ports = ports_reading_a_commit_held_unapplied(cluster, max_lag=1.0, held=1.8)
+    assert ports == {cluster.primary.port}
 
 
 def test_the_lag_monitor_lets_go_of_its_connections_with_the_middleware(cluster: Cluster) -> None:
