@@ -43,6 +43,9 @@ class Dialect:
     replica_position_sql = ""
     #: One statement, on the replica: its lag in seconds (see :meth:`parse_lag`).
     lag_sql = ""
+    #: Whether that lag counts from the last transaction the replica applied,
+    #: however long before the one now waiting it was committed (PostgreSQL).
+    lag_from_last_applied = False
 
     def valid(self, text: str) -> bool:
         """Whether ``text`` is a position of this kind, as a token carries it."""
@@ -86,6 +89,9 @@ class PostgreSQL(Dialect):
         "ELSE EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp()) "
         "END AS lag"
     )
+    # pg_last_xact_replay_timestamp() is the last commit replayed: after an
+    # hour without writes, a commit received a millisecond ago reads as an hour.
+    lag_from_last_applied = True
 
     def parse_lag(self, row: dict[str, object] | None) -> float | None:
         value = None if row is None else row.get("lag")

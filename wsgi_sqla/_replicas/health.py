@@ -49,6 +49,7 @@ class Replica:
     __slots__ = (
         "__weakref__",
         "backoff",
+        "caught_up_at",
         "dialect",
         "down_until",
         "engine",
@@ -78,6 +79,8 @@ class Replica:
         #: the last lag measured by the monitor (seconds; ``math.inf``: not replicating).
         self.lag: float | None = None
         self.lag_read_at: float = 0.0
+        #: monotonic time of the last measurement that found nothing waiting to be applied.
+        self.caught_up_at: float | None = None
         #: ``Replicas(max_lag=...)``: further behind than this, it serves no read.
         self.max_lag: float | None = max_lag
         #: whether the last measurement was over that bound (logged when it changes).
@@ -127,7 +130,17 @@ class Replica:
         return 1.0 if self.max_lag is None else min(1.0, max(self.max_lag / 4, 0.05))
 
     def measure(self) -> None:
-        """Read the lag over the monitor's own connection; log crossing the bound once."""
+        """Read the lag over the monitor's own connection; log crossing the bound once.
+
+        Where the server counts the lag from the last transaction it applied
+        (``Dialect.lag_from_last_applied``), what waits now arrived after the
+        last measurement that found the replica caught up, so the lag is no
+        more than the time since then. Without that, the first write after a
+        quiet spell made a replica look as far behind as the spell was long,
+        for as long as it took to apply (a bound crossed, and logged, for
+        nothing). Until the monitor has seen the replica caught up once, the
+        server's figure stands.
+        """
         holder = self.monitor_pool
         if holder is None:
             return
@@ -146,10 +159,16 @@ class Replica:
             logger.debug("measuring the lag of %s failed: %s", self.label, error)
             self.lag = None
             return
-        self.lag = self.dialect.parse_lag(
-            None if row is None else dict(zip(names, row, strict=False))
-        )
-        self.lag_read_at = time.monotonic()
+        lag = self.dialect.parse_lag(None if row is None else dict(zip(names, row, strict=False)))
+        now = time.monotonic()
+        if lag == 0.0:
+            self.caught_up_at = now
+        elif (
+            lag is not None and self.caught_up_at is not None and self.dialect.lag_from_last_applied
+        ):
+            lag = min(lag, now - self.caught_up_at)
+        self.lag = lag
+        self.lag_read_at = now
         self._log_bound()
 
     def _log_bound(self) -> None:
