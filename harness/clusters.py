@@ -154,7 +154,7 @@ class Cluster:
         primary = self.primary.engine(poolclass=_null())
         with primary.connect() as connection:
             if self.kind == "postgresql":
-                target = connection.execute(text("SELECT pg_current_wal_insert_lsn()")).scalar_one()
+                target = connection.execute(text("SELECT pg_current_wal_flush_lsn()")).scalar_one()
             else:
                 target = connection.execute(text("SELECT @@gtid_binlog_pos")).scalar_one()
         for replica in self.replicas:

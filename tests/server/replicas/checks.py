@@ -98,7 +98,7 @@ def commit_received(cluster: Cluster) -> None:
     with engine.begin() as connection:
         connection.execute(insert(Item).values(name="after a quiet spell"))
     with engine.connect() as connection:
-        target = connection.execute(text("SELECT pg_current_wal_lsn()")).scalar_one()
+        target = connection.execute(text("SELECT pg_current_wal_flush_lsn()")).scalar_one()
     received = text("SELECT pg_last_wal_receive_lsn() >= CAST(:t AS pg_lsn)")
     for replica in cluster.replicas:
         with replica.engine(poolclass=NullPool).connect() as connection:
