@@ -1,7 +1,8 @@
 """Every check CI runs, as sessions a contributor runs the same way (``nox -l`` lists them).
 
-``nox`` with no arguments runs them all, which is what ``.ci/run`` does after
-the README's test command:
+``nox`` with no arguments runs them all, one after the other. ``.ci/run``,
+after the README's test command, runs the same sessions as two nox commands at
+once: ``nox -k tests`` (the matrix) and ``nox -k "not tests"`` (the rest):
 
 * ``tests``: the version matrix, each supported Python, each SQLAlchemy
   point, the oldest Flask. Each combination installs the checkout with its
