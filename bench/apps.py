@@ -30,6 +30,11 @@ ended differs:
 ``wsgi_sqla``
     ``app.wsgi_app = SessionMiddleware(app.wsgi_app, Session)``.
 
+The instructions table has one more row, :data:`PASS_THROUGH`: the
+hand-written views inside the smallest middleware of wsgi_sqla's shape, which
+handles no session at all; its excess over the hand-written bound is what the
+shape costs by itself.
+
 The requests: ``GET /nodb`` never touches the database, ``GET /read`` reads
 one row, ``POST /insert`` inserts one row and answers 201, ``POST /invalid``
 inserts (and flushes) one row, then answers 400, so the row must not stay.
@@ -43,7 +48,8 @@ For gunicorn: ``gunicorn 'bench.apps:wsgi("wsgi_sqla", "sqlite:///...")'``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextvars
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +64,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LOWER_BOUND",
+    "PASS_THROUGH",
+    "REFERENCES",
     "REQUESTS",
     "SYSTEMS",
     "VARIANTS",
@@ -356,7 +364,80 @@ def _with_otel_sdk(url: str) -> System:
     return _wsgi_sqla(url, OTEL_SDK)
 
 
+class _PassThrough:
+    """The smallest middleware of wsgi_sqla's shape, with no session handling at all.
+
+    What any middleware must do that keeps something current for the
+    application's code (a unit of work) in the application's call, in the
+    making of each chunk of the body and in its ``close()``: ``start_response``
+    passed through a function of its own, a context variable set and reset
+    around each of those calls, and an iterable of its own handed to the
+    server. Around the hand-written views it is the instructions table's
+    reference row: what the shape costs by itself, which no session handling
+    inside it could remove.
+    """
+
+    def __init__(self, app: WSGIApplication) -> None:
+        self.app = app
+
+    def __call__(self, environ: Any, start_response: Any) -> Iterable[bytes]:
+        mark = object()
+        token = _marked.set(mark)
+        try:
+
+            def passed(status: str, headers: Any, exc_info: Any = None) -> Any:
+                return start_response(status, headers, exc_info)
+
+            app_iter = self.app(environ, passed)
+        finally:
+            _marked.reset(token)
+        return _PassedBody(app_iter, mark)
+
+
+class _PassedBody:
+    __slots__ = ("app_iter", "mark")
+
+    def __init__(self, app_iter: Iterable[bytes], mark: object) -> None:
+        self.app_iter = app_iter
+        self.mark = mark
+
+    def __iter__(self) -> Iterator[bytes]:
+        iterator = iter(self.app_iter)
+        mark = self.mark
+        while True:
+            token = _marked.set(mark)
+            try:
+                chunk = next(iterator, None)
+            finally:
+                _marked.reset(token)
+            if chunk is None:
+                return
+            yield chunk
+
+    def close(self) -> None:
+        token = _marked.set(self.mark)
+        try:
+            close = getattr(self.app_iter, "close", None)
+            if close is not None:
+                close()
+        finally:
+            _marked.reset(token)
+
+
+_marked: contextvars.ContextVar[object] = contextvars.ContextVar("bench_marked")
+
+
+def _hand_written_passed_through(url: str) -> System:
+    system = _hand_written(url)
+    app = system.app
+    assert isinstance(app, Flask)
+    app.wsgi_app = _PassThrough(app.wsgi_app)  # type: ignore[method-assign]
+    return System(PASS_THROUGH, app, system.engine)
+
+
 LOWER_BOUND = "hand-written"
+#: The reference row of ``--instructions``: not a way to end a unit, the shape's own cost.
+PASS_THROUGH = "hand-written in a pass-through middleware"
 
 SYSTEMS: dict[str, Callable[[str], System]] = {
     "hand-written": _hand_written,
@@ -384,13 +465,16 @@ VARIANTS[OTEL_API] = _with_otel_api
 VARIANTS[OTEL_SDK] = _with_otel_sdk
 
 
+#: Rows that are no system but show where a system's cost comes from (``--instructions``).
+REFERENCES: dict[str, Callable[[str], System]] = {PASS_THROUGH: _hand_written_passed_through}
+
+
 def build(name: str, url: str) -> System:
-    """Build system (or variant) ``name`` against the database at ``url``."""
-    builder = SYSTEMS.get(name) or VARIANTS.get(name)
+    """Build system (or variant, or reference) ``name`` against the database at ``url``."""
+    builder = SYSTEMS.get(name) or VARIANTS.get(name) or REFERENCES.get(name)
     if builder is None:
-        raise ValueError(
-            f"unknown system {name!r}; the systems are: {', '.join([*SYSTEMS, *VARIANTS])}"
-        )
+        known = ", ".join([*SYSTEMS, *VARIANTS, *REFERENCES])
+        raise ValueError(f"unknown system {name!r}; the systems are: {known}")
     return builder(url)
 
 

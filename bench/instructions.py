@@ -321,12 +321,17 @@ def rst(
     systems: Sequence[str],
     variants: Sequence[str],
     *,
+    references: Sequence[str] = (),
     date: str,
     machine: Sequence[str],
     versions: Sequence[str],
     stretches: Stretches,
 ) -> str:
-    """``bench/instructions.rst``: the table, the targets, and each feature's cost when on."""
+    """``bench/instructions.rst``: the table, the targets, and each feature's cost when on.
+
+    ``references`` are rows of the first table that are no system (no peer in
+    the targets): :data:`bench.apps.PASS_THROUGH`, the cost of the shape alone.
+    """
     header = ["system", *(f"{route.label}: instructions" for route in ROUTES)]
     header += [f"{route.label}: vs hand-written" for route in ROUTES]
     lines = [
@@ -349,11 +354,22 @@ def rst(
         f"   :header: {_csv(header)}",
         "",
     ]
-    for system in systems:
+    for system in [*systems, *references]:
         cells = [system]
         cells += [f"{_per(counts, route.label, system):,.0f}" for route in ROUTES]
         cells += [f"{_ratio(counts, route.label, system):.3f}" for route in ROUTES]
         lines.append(f"   {_csv(cells)}")
+    if references:
+        lines += [
+            "",
+            f"The last row is no system: the hand-written views inside "
+            f"{'the smallest middleware' if len(references) == 1 else 'middlewares'} of "
+            "wsgi_sqla's shape that handles no session at all (``start_response`` passed "
+            "through a function of its own; a context variable set and reset around the "
+            "application's call, each chunk of the body and its ``close()``; an iterable of "
+            "its own handed to the server; ``bench.apps.PASS_THROUGH``). Its excess over the "
+            "hand-written bound is what that shape costs by itself.",
+        ]
     lines += ["", "Targets for wsgi_sqla (every optional feature off):", ""]
     lines += [f"* {target}" for target in targets(counts, systems)]
     lines.append("")

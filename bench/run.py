@@ -406,13 +406,14 @@ def _instructions(args: argparse.Namespace) -> None:
         raise SystemExit(f"python -m bench --instructions: {exc}") from None
     stretches = instructions.QUICK if args.quick else instructions.FULL
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    names = [*apps.SYSTEMS, *apps.VARIANTS]
+    names = [*apps.SYSTEMS, *apps.REFERENCES, *apps.VARIANTS]
     counts = instructions.measure(names, stretches=stretches, jobs=args.jobs, keep=args.keep)
     versions = [f"SQLite {sqlite3.sqlite_version}", valgrind, *_versions(None)[:-1]]
     text = instructions.rst(
         counts,
         list(apps.SYSTEMS),
         list(apps.VARIANTS),
+        references=list(apps.REFERENCES),
         date=date,
         machine=_machine()[:2],
         versions=versions,
