@@ -329,8 +329,10 @@ def rst(
 ) -> str:
     """``bench/instructions.rst``: the table, the targets, and each feature's cost when on.
 
-    ``references`` are rows of the first table that are no system (no peer in
-    the targets): :data:`bench.apps.PASS_THROUGH`, the cost of the shape alone.
+    ``references`` are the rows of :data:`bench.apps.REFERENCES`, added to the
+    first table but no peer in the targets; the one there is
+    :data:`bench.apps.PASS_THROUGH`, the cost of the shape alone, which the
+    sentence under the table describes.
     """
     header = ["system", *(f"{route.label}: instructions" for route in ROUTES)]
     header += [f"{route.label}: vs hand-written" for route in ROUTES]
@@ -362,8 +364,7 @@ def rst(
     if references:
         lines += [
             "",
-            f"The last row is no system: the hand-written views inside "
-            f"{'the smallest middleware' if len(references) == 1 else 'middlewares'} of "
+            "The last row is no system: the hand-written views inside the smallest middleware of "
             "wsgi_sqla's shape that handles no session at all (``start_response`` passed "
             "through a function of its own; a context variable set and reset around the "
             "application's call, each chunk of the body and its ``close()``; an iterable of "
